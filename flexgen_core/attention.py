@@ -1,0 +1,36 @@
+"""Attention maths: prefill over fresh keys, decode over cache segments wherever they live."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def prefill_mask(key_valid: torch.Tensor, window: int | None = None) -> torch.Tensor:
+    """[b, s] valid-key flags (left padding) -> [b, 1, s, s] boolean mask (True = attend).
+    Padded queries may attend themselves, so no row is empty and softmax never sees only -inf."""
+    s = key_valid.shape[1]
+    idx = torch.arange(s, device=key_valid.device)
+    allowed = idx[None, :] <= idx[:, None]
+    if window is not None:
+        allowed &= (idx[:, None] - idx[None, :]) < window
+    mask = allowed[None] & key_valid[:, None, :]
+    mask |= torch.eye(s, dtype=torch.bool, device=key_valid.device)[None]
+    return mask[:, None]
+
+
+def prefill_attention(q, k, v, mask) -> torch.Tensor:
+    """q [b, h, s, d]; k, v [b, kv, s, d]; grouped heads share their key/value head."""
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def decode_attention_rows(q_rows, k_rows, v_rows, key_valid_rows) -> torch.Tensor:
+    """One new query per row group. q_rows [r, g, d]; k_rows, v_rows [r, L, d];
+    key_valid_rows [r, L] -> [r, g, d]. A row is (sequence, kv head); g query heads share it."""
+    scale = q_rows.shape[-1] ** -0.5
+    scores = torch.matmul(q_rows, k_rows.transpose(1, 2)).float() * scale
+    scores = scores.masked_fill(~key_valid_rows[:, None, :], torch.finfo(torch.float32).min)
+    probs = torch.softmax(scores, dim=-1).to(v_rows.dtype)
+    return torch.matmul(probs, v_rows)

@@ -1,0 +1,199 @@
+"""Llama family: Llama 2/3 (incl. rope scaling), Mistral, Qwen2 (qkv bias), SmolLM2.
+
+RMSNorm, rotary positions, grouped-query attention, SwiGLU MLP, tied or untied head.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..layers import WeightSpec, selected_rows
+from ..spec import ModelSpec
+
+MODEL_TYPES = ("llama", "mistral", "qwen2")
+ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+_ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
+
+
+def _rope_config(config: dict) -> tuple[float, dict]:
+    # transformers 5 moved rope_theta/rope_scaling into `rope_parameters`; read either.
+    params = dict(config.get("rope_parameters") or {})
+    scaling = dict(config.get("rope_scaling") or {})
+    theta = config.get("rope_theta", params.get("rope_theta", 10000.0))
+    merged = {**params, **scaling}
+    merged.pop("rope_theta", None)
+    rope_type = merged.get("rope_type", merged.get("type", "default"))
+    if rope_type not in ("default", "linear", "llama3"):
+        raise ValueError(f"unsupported rope scaling type {rope_type!r} (supported: default, linear, llama3)")
+    merged.pop("type", None)
+    merged["rope_type"] = rope_type
+    return float(theta), merged
+
+
+def spec_from_config(config: dict, name: str = "") -> ModelSpec:
+    model_type = config.get("model_type", "llama")
+    act = config.get("hidden_act", "silu")
+    if act not in _ACTIVATIONS:
+        raise ValueError(f"unsupported hidden_act {act!r}")
+    theta, scaling = _rope_config(config)
+    heads = config["num_attention_heads"]
+    eos = config.get("eos_token_id")
+    eos = () if eos is None else tuple(eos) if isinstance(eos, list) else (eos,)
+    window = config.get("sliding_window")
+    if model_type == "qwen2" and not config.get("use_sliding_window", False):
+        window = None
+    return ModelSpec(
+        family="llama",
+        vocab_size=config["vocab_size"],
+        hidden_size=config["hidden_size"],
+        num_layers=config["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=config.get("num_key_value_heads") or heads,
+        ffn_size=config["intermediate_size"],
+        max_seq_len=config.get("max_position_embeddings", 4096),
+        tie_embeddings=config.get("tie_word_embeddings", False),
+        hidden_act=act,
+        rms_norm_eps=config.get("rms_norm_eps", 1e-6),
+        rope_theta=theta,
+        rope_scaling=tuple(sorted(scaling.items())),
+        head_dim_override=config.get("head_dim"),
+        attention_bias=config.get("attention_bias", model_type == "qwen2"),
+        mlp_bias=config.get("mlp_bias", False),
+        sliding_window=window,
+        bos_token_id=config.get("bos_token_id"),
+        eos_token_ids=eos,
+        pad_token_id=config.get("pad_token_id"),
+        name=name or config.get("_name_or_path", ""),
+    )
+
+
+def build_layers(spec: ModelSpec) -> list:
+    rope = Rotary(spec)
+    return [Embedding(spec)] + [DecoderLayer(spec, i, rope) for i in range(spec.num_layers)] + [Head(spec)]
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+class Rotary:
+    """Rotary position embedding; inverse frequencies follow the config's rope scaling."""
+
+    def __init__(self, spec: ModelSpec):
+        d = spec.head_dim
+        inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+        scaling = spec.rope_scaling_dict
+        kind = scaling.get("rope_type", "default")
+        if kind == "linear":
+            inv_freq = inv_freq / scaling["factor"]
+        elif kind == "llama3":
+            inv_freq = self._llama3(inv_freq, scaling)
+        self.inv_freq = inv_freq
+        self._device_cache: dict = {}
+
+    @staticmethod
+    def _llama3(inv_freq, cfg):
+        factor, low, high = cfg["factor"], cfg["low_freq_factor"], cfg["high_freq_factor"]
+        old_len = cfg["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < old_len / high) & ~(wavelen > old_len / low)
+        return torch.where(medium, smoothed, scaled)
+
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype):
+        inv = self._device_cache.get(positions.device)
+        if inv is None:
+            inv = self._device_cache[positions.device] = self.inv_freq.to(positions.device)
+        freqs = positions.float()[..., None] * inv
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]  # [b, 1, s, d]
+
+    @staticmethod
+    def apply(x, cos, sin):
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+
+class Embedding:
+    kind = "embed"
+    name = "embed"
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+
+    def weight_specs(self):
+        return [WeightSpec("model.embed_tokens.weight", (self.spec.vocab_size, self.spec.hidden_size))]
+
+    def forward(self, token_ids, w, ctx):
+        return F.embedding(token_ids, w["model.embed_tokens.weight"])
+
+
+class DecoderLayer:
+    kind = "decoder"
+
+    def __init__(self, spec: ModelSpec, index: int, rope: Rotary):
+        self.spec, self.index, self.rope = spec, index, rope
+        self.name = f"layer{index}"
+        self.p = f"model.layers.{index}."
+        self.act = _ACTIVATIONS[spec.hidden_act or "silu"]
+
+    def weight_specs(self):
+        s, p = self.spec, self.p
+        h, d = s.hidden_size, s.head_dim
+        q, kv = s.num_heads * d, s.num_kv_heads * d
+        specs = [WeightSpec(p + "input_layernorm.weight", (h,), "ones")]
+        for proj, out in (("q_proj", q), ("k_proj", kv), ("v_proj", kv)):
+            specs.append(WeightSpec(f"{p}self_attn.{proj}.weight", (out, h)))
+            if s.attention_bias:
+                specs.append(WeightSpec(f"{p}self_attn.{proj}.bias", (out,), "zeros"))
+        specs.append(WeightSpec(p + "self_attn.o_proj.weight", (h, q)))
+        specs.append(WeightSpec(p + "post_attention_layernorm.weight", (h,), "ones"))
+        for proj, shape in (("gate_proj", (s.ffn_size, h)), ("up_proj", (s.ffn_size, h)), ("down_proj", (h, s.ffn_size))):
+            specs.append(WeightSpec(f"{p}mlp.{proj}.weight", shape))
+            if s.mlp_bias:
+                specs.append(WeightSpec(f"{p}mlp.{proj}.bias", (shape[0],), "zeros"))
+        return specs
+
+    def _linear(self, x, w, name):
+        return F.linear(x, w[f"{self.p}{name}.weight"], w.get(f"{self.p}{name}.bias"))
+
+    def forward(self, h, w, ctx):
+        s = self.spec
+        b, n, _ = h.shape
+        x = rms_norm(h, w[self.p + "input_layernorm.weight"], s.rms_norm_eps)
+        q = self._linear(x, w, "self_attn.q_proj").view(b, n, s.num_heads, s.head_dim).transpose(1, 2)
+        k = self._linear(x, w, "self_attn.k_proj").view(b, n, s.num_kv_heads, s.head_dim).transpose(1, 2)
+        v = self._linear(x, w, "self_attn.v_proj").view(b, n, s.num_kv_heads, s.head_dim).transpose(1, 2)
+        cos, sin = self.rope.cos_sin(ctx.positions, q.dtype)
+        q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
+        attn = ctx.attend(q, k, v).transpose(1, 2).reshape(b, n, s.num_heads * s.head_dim)
+        h = h + self._linear(attn, w, "self_attn.o_proj")
+
+        x = rms_norm(h, w[self.p + "post_attention_layernorm.weight"], s.rms_norm_eps)
+        mlp = self.act(self._linear(x, w, "mlp.gate_proj")) * self._linear(x, w, "mlp.up_proj")
+        return h + self._linear(mlp, w, "mlp.down_proj")
+
+
+class Head:
+    kind = "head"
+    name = "head"
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        self.lm_head = "model.embed_tokens.weight" if spec.tie_embeddings else "lm_head.weight"
+
+    def weight_specs(self):
+        s = self.spec
+        return [WeightSpec("model.norm.weight", (s.hidden_size,), "ones"),
+                WeightSpec(self.lm_head, (s.vocab_size, s.hidden_size))]
+
+    def forward(self, h, w, ctx):
+        x = rms_norm(selected_rows(h, ctx.select), w["model.norm.weight"], self.spec.rms_norm_eps)
+        return F.linear(x, w[self.lm_head])

@@ -1,0 +1,148 @@
+"""OPT (and OPT-IML): learned positions, pre- or post-LayerNorm, ReLU MLP, tied head."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..layers import WeightSpec, selected_rows
+from ..spec import ModelSpec
+
+MODEL_TYPES = ("opt",)
+ARCHITECTURES = ("OPTForCausalLM",)
+POSITION_OFFSET = 2  # OPT's learned position table starts at index 2
+PREFIX = "model.decoder."
+
+_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
+
+
+def spec_from_config(config: dict, name: str = "") -> ModelSpec:
+    act = config.get("activation_function", "relu")
+    if act not in _ACTIVATIONS:
+        raise ValueError(f"unsupported OPT activation_function {act!r}")
+    if not config.get("enable_bias", True) or not config.get("layer_norm_elementwise_affine", True):
+        raise ValueError("OPT variants without biases or affine layer norms are not supported")
+    eos = config.get("eos_token_id", 2)
+    hidden = config["hidden_size"]
+    return ModelSpec(
+        family="opt",
+        vocab_size=config["vocab_size"],
+        hidden_size=hidden,
+        num_layers=config["num_hidden_layers"],
+        num_heads=config["num_attention_heads"],
+        num_kv_heads=config["num_attention_heads"],
+        ffn_size=config["ffn_dim"],
+        max_seq_len=config.get("max_position_embeddings", 2048),
+        tie_embeddings=config.get("tie_word_embeddings", True),
+        hidden_act=act,
+        word_embed_proj_dim=config.get("word_embed_proj_dim", hidden),
+        do_layer_norm_before=config.get("do_layer_norm_before", True),
+        bos_token_id=config.get("bos_token_id"),
+        eos_token_ids=tuple(eos) if isinstance(eos, list) else (eos,),
+        pad_token_id=config.get("pad_token_id"),
+        name=name or config.get("_name_or_path", ""),
+    )
+
+
+def build_layers(spec: ModelSpec) -> list:
+    return [Embedding(spec)] + [DecoderLayer(spec, i) for i in range(spec.num_layers)] + [Head(spec)]
+
+
+class Embedding:
+    kind = "embed"
+    name = "embed"
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+
+    def weight_specs(self):
+        s = self.spec
+        specs = [
+            WeightSpec(PREFIX + "embed_tokens.weight", (s.vocab_size, s.word_embed_proj_dim)),
+            WeightSpec(PREFIX + "embed_positions.weight", (s.max_seq_len + POSITION_OFFSET, s.hidden_size)),
+        ]
+        if s.word_embed_proj_dim != s.hidden_size:
+            specs.append(WeightSpec(PREFIX + "project_in.weight", (s.hidden_size, s.word_embed_proj_dim)))
+        return specs
+
+    def forward(self, token_ids, w, ctx):
+        h = F.embedding(token_ids, w[PREFIX + "embed_tokens.weight"])
+        if PREFIX + "project_in.weight" in w:
+            h = F.linear(h, w[PREFIX + "project_in.weight"])
+        return h + F.embedding(ctx.positions + POSITION_OFFSET, w[PREFIX + "embed_positions.weight"])
+
+
+class DecoderLayer:
+    kind = "decoder"
+
+    def __init__(self, spec: ModelSpec, index: int):
+        self.spec, self.index = spec, index
+        self.name = f"layer{index}"
+        self.p = f"{PREFIX}layers.{index}."
+        self.act = _ACTIVATIONS[spec.hidden_act or "relu"]
+
+    def weight_specs(self):
+        s, p, h = self.spec, self.p, self.spec.hidden_size
+        specs = []
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            specs += [WeightSpec(f"{p}self_attn.{proj}.weight", (h, h)), WeightSpec(f"{p}self_attn.{proj}.bias", (h,), "zeros")]
+        for norm in ("self_attn_layer_norm", "final_layer_norm"):
+            specs += [WeightSpec(f"{p}{norm}.weight", (h,), "ones"), WeightSpec(f"{p}{norm}.bias", (h,), "zeros")]
+        specs += [
+            WeightSpec(f"{p}fc1.weight", (s.ffn_size, h)), WeightSpec(f"{p}fc1.bias", (s.ffn_size,), "zeros"),
+            WeightSpec(f"{p}fc2.weight", (h, s.ffn_size)), WeightSpec(f"{p}fc2.bias", (h,), "zeros"),
+        ]
+        return specs
+
+    def _norm(self, x, w, name):
+        return F.layer_norm(x, (x.shape[-1],), w[f"{self.p}{name}.weight"], w[f"{self.p}{name}.bias"])
+
+    def _linear(self, x, w, name):
+        return F.linear(x, w[f"{self.p}{name}.weight"], w[f"{self.p}{name}.bias"])
+
+    def forward(self, h, w, ctx):
+        s = self.spec
+        b, n, _ = h.shape
+        pre = s.do_layer_norm_before
+
+        x = self._norm(h, w, "self_attn_layer_norm") if pre else h
+        heads = lambda t: t.view(b, n, s.num_heads, s.head_dim).transpose(1, 2)  # noqa: E731
+        q = heads(self._linear(x, w, "self_attn.q_proj"))
+        k = heads(self._linear(x, w, "self_attn.k_proj"))
+        v = heads(self._linear(x, w, "self_attn.v_proj"))
+        attn = ctx.attend(q, k, v).transpose(1, 2).reshape(b, n, s.hidden_size)
+        h = h + self._linear(attn, w, "self_attn.out_proj")
+        if not pre:
+            h = self._norm(h, w, "self_attn_layer_norm")
+
+        x = self._norm(h, w, "final_layer_norm") if pre else h
+        h = h + self._linear(self.act(self._linear(x, w, "fc1")), w, "fc2")
+        if not pre:
+            h = self._norm(h, w, "final_layer_norm")
+        return h
+
+
+class Head:
+    kind = "head"
+    name = "head"
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        self.lm_head = PREFIX + "embed_tokens.weight" if spec.tie_embeddings else "lm_head.weight"
+
+    def weight_specs(self):
+        s = self.spec
+        specs = []
+        if s.do_layer_norm_before:  # post-LN variants (opt-350m) have no final norm
+            specs += [WeightSpec(PREFIX + "final_layer_norm.weight", (s.hidden_size,), "ones"),
+                      WeightSpec(PREFIX + "final_layer_norm.bias", (s.hidden_size,), "zeros")]
+        if s.word_embed_proj_dim != s.hidden_size:
+            specs.append(WeightSpec(PREFIX + "project_out.weight", (s.word_embed_proj_dim, s.hidden_size)))
+        return specs + [WeightSpec(self.lm_head, (s.vocab_size, s.word_embed_proj_dim))]
+
+    def forward(self, h, w, ctx) -> torch.Tensor:
+        x = selected_rows(h, ctx.select)
+        if PREFIX + "final_layer_norm.weight" in w:
+            x = F.layer_norm(x, (x.shape[-1],), w[PREFIX + "final_layer_norm.weight"], w[PREFIX + "final_layer_norm.bias"])
+        if PREFIX + "project_out.weight" in w:
+            x = F.linear(x, w[PREFIX + "project_out.weight"])
+        return F.linear(x, w[self.lm_head])

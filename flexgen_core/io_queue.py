@@ -1,0 +1,87 @@
+"""Ordered background transfers that overlap with compute.
+
+Each queue is one worker thread running tasks in submission order, so a read
+submitted after a write to the same buffer sees the write. On CUDA a queue owns a
+stream: work it issues is fenced by events instead of a global synchronize. With
+overlap off the same tasks run inline, in the same order.
+"""
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import torch
+
+
+class Pending:
+    def __init__(self, future: Future, device: torch.device):
+        self.future, self.device = future, device
+
+    def result(self):
+        value, event = self.future.result()
+        if event is not None:  # make compute wait for the copy, not the whole device
+            torch.cuda.current_stream(self.device).wait_event(event)
+        return value
+
+
+class IOQueue:
+    def __init__(self, name: str, device: torch.device, overlap: bool):
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"flexgen-{name}") if overlap else None
+        self.stream = torch.cuda.Stream(self.device) if (self.cuda and overlap) else None
+        self._inflight: list[Future] = []  # kept so a failed store is reported, not lost
+
+    def submit(self, fn, *args) -> Pending:
+        if self.pool is None:
+            done: Future = Future()
+            done.set_result((fn(*args), None))
+            return Pending(done, self.device)
+        ready = None
+        if self.cuda:  # the task may read tensors the compute stream is still producing
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(self.device))
+        future = self.pool.submit(self._run, fn, args, ready)
+        self._inflight = [f for f in self._inflight if not f.done() or f.exception() is not None]
+        self._inflight.append(future)
+        return Pending(future, self.device)
+
+    def _run(self, fn, args, ready):
+        with torch.inference_mode():
+            return self._run_on_stream(fn, args, ready)
+
+    def _run_on_stream(self, fn, args, ready):
+        if not self.cuda:
+            return fn(*args), None
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
+            self.stream.wait_event(ready)
+            value = fn(*args)
+            done = torch.cuda.Event()
+            done.record(self.stream)
+        for t in _tensors(value):  # keep the allocator from reusing these before compute is done
+            if t.is_cuda:
+                t.record_stream(torch.cuda.current_stream(self.device))
+        return value, done
+
+    def drain(self):
+        """Wait for every task, and raise the first error any of them hit."""
+        inflight, self._inflight = self._inflight, []
+        for future in inflight:
+            future.result()
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+            self.pool = None
+
+
+def _tensors(value):
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _tensors(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _tensors(v)
+    elif hasattr(value, "tensors"):
+        yield from value.tensors()

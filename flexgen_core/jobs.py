@@ -1,0 +1,155 @@
+"""Blocks of requests as the scheduler sees them: padded inputs in, logits out.
+
+Prompts of a GPU batch are left-padded to that batch's longest, so every row's
+next token sits at the same column; padding never leaves this module.
+"""
+from __future__ import annotations
+
+import torch
+
+from .sampling import RowSampler
+
+
+class _PaddedBatches:
+    def __init__(self, rows: list[list[int]], gpu_batch_size: int, num_steps: int, device, pad_id: int):
+        self.device, self.num_steps = device, num_steps
+        self.groups = [list(range(i, min(i + gpu_batch_size, len(rows)))) for i in range(0, len(rows), gpu_batch_size)]
+        self.batch_sizes = [len(g) for g in self.groups]
+        self.prompt_lens, self.prompts, self.valid, self.real_lens = [], [], [], []
+        for group in self.groups:
+            width = max(len(rows[i]) for i in group)
+            ids = torch.full((len(group), width), pad_id, dtype=torch.long)
+            valid = torch.zeros((len(group), width + num_steps - 1), dtype=torch.bool)
+            for r, i in enumerate(group):
+                n = len(rows[i])
+                ids[r, width - n:] = torch.tensor(rows[i], dtype=torch.long)
+                valid[r, width - n:] = True  # the prompt and every token decoded after it
+            self.prompt_lens.append(width)
+            self.prompts.append(ids.to(device))
+            self.valid.append(valid.to(device))
+            self.real_lens.append(torch.tensor([len(rows[i]) for i in group], device=device))
+        self._inputs: dict = {}
+
+    def prompt_len(self, k: int) -> int:
+        return self.prompt_lens[k]
+
+    def inputs(self, step: int, k: int):
+        key = (step, k)
+        if key not in self._inputs:
+            self._inputs = {kk: v for kk, v in self._inputs.items() if kk[0] == step}  # keep only this step
+            if step == 0:
+                valid = self.valid[k][:, : self.prompt_lens[k]]
+                positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+                self._inputs[key] = (self.prompts[k], positions)
+            else:
+                positions = (self.real_lens[k] + step - 1)[:, None]
+                self._inputs[key] = (self.next_tokens(k), positions)
+        return self._inputs[key]
+
+    def key_valid(self, step: int, k: int) -> torch.Tensor:
+        return self.valid[k][:, : self.prompt_lens[k] + step]
+
+    def next_tokens(self, k: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class GenerationJob(_PaddedBatches):
+    def __init__(self, rows, samplers: list[RowSampler], params, gpu_batch_size, device, pad_id, eos_ids, tokenizer):
+        super().__init__(rows, gpu_batch_size, params.max_new_tokens, device, pad_id)
+        self.samplers, self.params, self.tokenizer = samplers, params, tokenizer
+        self.stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_ids))
+        n = len(rows)
+        self.tokens = [[] for _ in range(n)]
+        self.logprobs = [[] for _ in range(n)]
+        self.top = [[] for _ in range(n)]
+        self.finish = [None] * n
+        self.texts: list[str | None] = [None] * n
+        self._next = [None] * len(self.groups)
+
+    def select(self, step, k):
+        if step == 0:  # only the last prompt column feeds the head
+            b, width = len(self.groups[k]), self.prompt_lens[k]
+            return torch.arange(b, device=self.device) * width + (width - 1)
+        return None
+
+    def consume(self, step, k, rows, logits):
+        group = self.groups[k][rows]
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        chosen = []
+        for r, i in enumerate(group):
+            if self.finish[i] is not None:
+                chosen.append(self.tokens[i][-1] if self.tokens[i] else 0)
+                continue
+            token = self.samplers[i].choose(logits[r])
+            chosen.append(token)
+            self.tokens[i].append(token)
+            if self.params.logprobs:
+                self.logprobs[i].append(float(logprobs[r, token]))
+            if self.params.top_logprobs:
+                vals, idx = torch.topk(logprobs[r], self.params.top_logprobs)
+                self.top[i].append({int(t): float(v) for t, v in zip(idx.tolist(), vals.tolist())})
+            self._check_stop(i, token)
+        ids = torch.tensor(chosen, dtype=torch.long, device=self.device)
+        if rows.start == 0:
+            self._next[k] = ids[:, None]
+        else:
+            self._next[k] = torch.cat([self._next[k], ids[:, None]])
+
+    def _check_stop(self, i, token):
+        if token in self.stop_ids:
+            self.finish[i] = "stop"
+            return
+        if self.params.stop:
+            text = self.tokenizer.decode(self.tokens[i], skip_special_tokens=True)
+            hits = [text.find(s) for s in self.params.stop if s in text]
+            if hits:
+                self.texts[i] = text[: min(hits)]
+                self.finish[i] = "stop"
+                return
+        if len(self.tokens[i]) >= self.params.max_new_tokens:
+            self.finish[i] = "length"
+
+    def next_tokens(self, k):
+        return self._next[k]
+
+    def done(self):
+        return all(f is not None for f in self.finish)
+
+
+class ScoringJob(_PaddedBatches):
+    """One forward pass per row; log-probs only at the target positions.
+
+    rows[i] are the input ids; targets[i] lists (position in rows[i], token id) pairs:
+    the token expected right after that position."""
+
+    def __init__(self, rows, targets, gpu_batch_size, device, pad_id):
+        super().__init__(rows, gpu_batch_size, 1, device, pad_id)
+        self.targets = targets
+        self.logprobs = [[] for _ in rows]
+        self.greedy = [[] for _ in rows]
+        self._select, self._owners = [], []
+        for k, group in enumerate(self.groups):
+            width, flat, owners = self.prompt_lens[k], [], []
+            for r, i in enumerate(group):
+                pad = width - len(rows[i])
+                for pos, tok in targets[i]:
+                    flat.append(r * width + pad + pos)
+                    owners.append((i, tok))
+            self._select.append(torch.tensor(flat, dtype=torch.long, device=device))
+            self._owners.append(owners)
+
+    def select(self, step, k):
+        return self._select[k]
+
+    def consume(self, step, k, rows, logits):
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        owners = self._owners[k][rows]
+        wanted = torch.tensor([tok for _, tok in owners], device=logits.device)
+        picked = logprobs.gather(1, wanted[:, None])[:, 0].tolist()
+        best = (logprobs.argmax(-1) == wanted).tolist()
+        for (i, _), lp, g in zip(owners, picked, best):
+            self.logprobs[i].append(lp)
+            self.greedy[i].append(g)
+
+    def done(self):
+        return True

@@ -1,0 +1,259 @@
+"""LLM: the public entry point of the runtime."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import torch
+
+from .families import family_of
+from .jobs import GenerationJob, ScoringJob
+from .outputs import CompletionOutput, RequestOutput, ScoreOutput
+from .policy import TIERS, Policy
+from .sampling import RowSampler, SamplingParams
+from .scheduler import Scheduler
+from .spec import BUILTIN_CONFIGS, ModelSpec
+from .tiers import TierSet, split_rows
+from .weight_store import WeightSource, WeightStore
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
+    if dtype is None or dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def resolve_checkpoint(name_or_dir: str) -> str:
+    """A local directory, an embedded default model, or a hub id (downloaded when the hub is reachable)."""
+    if os.path.isdir(name_or_dir):
+        return name_or_dir
+    try:
+        from . import model_store
+
+        if model_store.is_embedded(name_or_dir):
+            return model_store.resolve_model(name_or_dir)
+    except ImportError:
+        pass
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name_or_dir, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
+    except Exception as e:
+        raise FileNotFoundError(
+            f"model {name_or_dir!r} is not a directory, not an embedded model, and could not be fetched "
+            f"from the hub ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
+
+
+class LLM:
+    def __init__(self, spec: ModelSpec, layers, weights: WeightStore, tiers: TierSet, policy: Policy,
+                 dtype: torch.dtype, tokenizer=None, path: str | None = None):
+        self.spec, self.layers, self.weights, self.tiers = spec, layers, weights, tiers
+        self.policy, self.dtype, self.tokenizer, self.path = policy, dtype, tokenizer, path
+        self.device = tiers.device
+        self.scheduler = Scheduler(layers, weights, tiers, policy, spec, dtype)
+        self.last_run: dict = {}
+
+    # -- construction -----------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str, policy: Policy | None = None, device=None, dtype=None,
+                        offload_dir: str | None = None, dummy_weights: bool = False, memory: dict | None = None,
+                        progress: bool = False) -> "LLM":
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' was requested but no CUDA device is available")
+        dtype = resolve_dtype(dtype, device)
+        path = None
+        key = str(name_or_dir).split("/")[-1].lower()
+        if dummy_weights and not os.path.isdir(name_or_dir) and key in BUILTIN_CONFIGS:
+            spec = ModelSpec.from_name(key)
+        else:
+            path = resolve_checkpoint(str(name_or_dir))
+            spec = ModelSpec.from_dir(path)
+        policy = policy or Policy()
+        if memory is not None:
+            check_fits(spec, policy, memory, dtype)
+        tiers = TierSet(device, offload_dir)
+        layers = family_of(spec).build_layers(spec)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(layers), desc="loading weights", unit="layer")
+        try:
+            weights = WeightStore(layers, tiers, policy.weights, dtype,
+                                  WeightSource(path, dummy=dummy_weights, identity=path or spec.name), bar)
+        except BaseException:
+            tiers.close()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        tokenizer = _load_tokenizer(path) if path else None
+        return cls(spec, layers, weights, tiers, policy, dtype, tokenizer, path)
+
+    def close(self):
+        self.scheduler.close()
+        self.tiers.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- requests ---------------------------------------------------------------------
+    def generate(self, prompts: list[list[int]], params: SamplingParams | None = None) -> list[RequestOutput]:
+        params = params or SamplingParams()
+        self._check_prompts(prompts, extra=params.max_new_tokens)
+        if params.stop and self.tokenizer is None:
+            raise ValueError("stop strings need a tokenizer, and this model was loaded without one")
+        # Greedy completions are identical: compute one, copy it n times.
+        copies = 1 if params.greedy else params.n
+        rows, samplers, owners = [], [], []
+        for i, prompt in enumerate(prompts):
+            for c in range(copies):
+                rows.append(list(prompt))
+                samplers.append(RowSampler(params, i, c))
+                owners.append(i)
+        results = [None] * len(rows)
+        eos = self.spec.eos_token_ids
+        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
+            eos = tuple(set(eos) | {self.tokenizer.eos_token_id})
+        start, generated = time.perf_counter(), 0
+        for block in self._blocks(rows):
+            job = GenerationJob([rows[i] for i in block], [samplers[i] for i in block], params,
+                                self.policy.gpu_batch_size, self.device, self._pad_id(), eos, self.tokenizer)
+            with torch.inference_mode():
+                self.scheduler.run(job)
+            for r, i in enumerate(block):
+                results[i] = self._completion(job, r, samplers[i].completion_index)
+                generated += len(results[i].token_ids)
+        self._record("generate", start, generated, len(rows))
+        outputs = [RequestOutput(list(p), []) for p in prompts]
+        for i, completion in zip(owners, results):
+            outputs[i].outputs.append(completion)
+        if copies == 1 and params.n > 1:
+            for out in outputs:
+                first = out.outputs[0]
+                out.outputs = [CompletionOutput(c, list(first.token_ids), list(first.logprobs), list(first.top_logprobs),
+                                                first.text, first.finish_reason) for c in range(params.n)]
+        return outputs
+
+    def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[ScoreOutput]:
+        """Log-probs of each continuation given its context, and whether greedy decoding would produce it."""
+        rows, targets = [], []
+        for context, continuation in pairs:
+            if not context or not continuation:
+                raise ValueError("score() needs a non-empty context and a non-empty continuation for every pair")
+            seq = list(context) + list(continuation)
+            rows.append(seq[:-1])
+            targets.append([(len(context) - 1 + i, tok) for i, tok in enumerate(continuation)])
+        job = self._run_scoring(rows, targets)
+        return [ScoreOutput(job_lp, all(g)) for job_lp, g in job]
+
+    def prompt_logprobs(self, prompts: list[list[int]]) -> list[list[float | None]]:
+        """Per-token log-probs of each prompt; the first token has none."""
+        self._check_prompts(prompts)
+        rows = [list(p[:-1]) if len(p) > 1 else list(p) for p in prompts]
+        targets = [[(i, p[i + 1]) for i in range(len(p) - 1)] for p in prompts]
+        scored = self._run_scoring(rows, targets)
+        return [[None] + lp for lp, _ in scored]
+
+    # -- internals ----------------------------------------------------------------------
+    def _run_scoring(self, rows, targets):
+        self._check_prompts(rows)
+        results = [None] * len(rows)
+        start = time.perf_counter()
+        for block in self._blocks(rows):
+            job = ScoringJob([rows[i] for i in block], [targets[i] for i in block], self.policy.gpu_batch_size,
+                             self.device, self._pad_id())
+            with torch.inference_mode():
+                self.scheduler.run(job)
+            for r, i in enumerate(block):
+                results[i] = (job.logprobs[r], job.greedy[r])
+        self._record("score", start, sum(len(r) for r in rows), len(rows))
+        return results
+
+    def _blocks(self, rows):
+        """Indices of rows in blocks of similar lengths (longest first) to limit padding."""
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+        size = self.policy.block_size
+        return [order[i:i + size] for i in range(0, len(order), size)]
+
+    def _check_prompts(self, prompts, extra: int = 0):
+        if not isinstance(prompts, (list, tuple)):
+            raise ValueError("prompts must be a list of token-id lists")
+        limit = self.spec.max_seq_len
+        for i, p in enumerate(prompts):
+            if len(p) == 0:
+                raise ValueError(f"prompt {i} is empty")
+            if len(p) + extra > limit:
+                raise ValueError(
+                    f"prompt {i} has {len(p)} tokens; with {extra} new tokens that exceeds the model context of {limit}"
+                )
+            bad = [t for t in p if not 0 <= int(t) < self.spec.vocab_size]
+            if bad:
+                raise ValueError(f"prompt {i} has token ids outside the vocabulary (size {self.spec.vocab_size}): {bad[:5]}")
+
+    def _pad_id(self) -> int:
+        return self.spec.pad_token_id if self.spec.pad_token_id is not None else 0
+
+    def _completion(self, job, r, index) -> CompletionOutput:
+        tokens = job.tokens[r]
+        text = job.texts[r]
+        if text is None and self.tokenizer is not None:
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        return CompletionOutput(index, list(tokens), list(job.logprobs[r]), list(job.top[r]), text,
+                                job.finish[r] or "length")
+
+    def _record(self, kind, start, tokens, rows):
+        seconds = time.perf_counter() - start
+        self.last_run = {"kind": kind, "seconds": seconds, "tokens": tokens, "rows": rows,
+                         "tokens_per_s": tokens / seconds if seconds > 0 else 0.0}
+
+    def memory_stats(self) -> dict:
+        """Bytes resident, peak, read and written per tier since the model was loaded."""
+        return self.tiers.stats.as_dict()
+
+
+def check_fits(spec: ModelSpec, policy: Policy, memory: dict, dtype: torch.dtype):
+    """Resident weights per tier against the budgets; cache and activations are checked by the planner."""
+    from .sizes import parse_size
+
+    layers = family_of(spec).build_layers(spec)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    need = dict.fromkeys(TIERS, 0)
+    for layer in layers:
+        numel = sum(s.numel for s in layer.weight_specs())
+        for tier, n in zip(TIERS, split_rows(numel, policy.weights)):
+            need[tier] += n * itemsize
+    for tier in TIERS:
+        if tier in memory and memory[tier] is not None and need[tier] > parse_size(memory[tier]):
+            from .sizes import format_size
+
+            raise ValueError(
+                f"policy does not fit: weights need {format_size(need[tier])} on {tier}, budget is "
+                f"{format_size(parse_size(memory[tier]))} (short by {format_size(need[tier] - parse_size(memory[tier]))})"
+            )
+
+
+def _load_tokenizer(path: str):
+    names = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+    if not any(os.path.exists(os.path.join(path, n)) for n in names):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def describe_placement(llm: LLM) -> str:
+    return json.dumps({"policy": llm.policy.describe(), "memory": llm.memory_stats()}, indent=1)

@@ -1,0 +1,76 @@
+"""Where each tensor kind lives and how a block is shaped: the knobs of the runtime."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+TIERS = ("gpu", "cpu", "disk")  # "gpu" is the compute device; the CPU when there is no GPU
+
+
+def _split(name: str, value) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(v) for v in value)
+    except TypeError as e:
+        raise ValueError(f"Policy.{name} must be three percentages (gpu, cpu, disk), got {value!r}") from e
+    if len(parts) == 2:  # FlexGen's --percent gives gpu and cpu; disk is the rest
+        parts = (parts[0], parts[1], 100.0 - parts[0] - parts[1])
+    if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 100.0) > 1e-6:
+        raise ValueError(
+            f"Policy.{name} must be three non-negative percentages (gpu, cpu, disk) summing to 100, got {value!r}"
+        )
+    return parts
+
+
+@dataclass(frozen=True)
+class Policy:
+    weights: tuple[float, float, float] = (100.0, 0.0, 0.0)
+    cache: tuple[float, float, float] = (100.0, 0.0, 0.0)
+    activations: tuple[float, float, float] = (100.0, 0.0, 0.0)
+    gpu_batch_size: int = 8
+    num_gpu_batches: int = 1
+    cpu_attention: bool = False
+    overlap: bool = True
+    compress_weight: bool = False
+    compress_cache: bool = False
+    compression_bits: int = 4
+    compression_group_size: int = 64
+    attn_sparsity: float = 1.0  # fraction of attention scores kept per decode step (1.0: dense)
+
+    def __post_init__(self):
+        for name in ("weights", "cache", "activations"):
+            object.__setattr__(self, name, _split(name, getattr(self, name)))
+        for name in ("gpu_batch_size", "num_gpu_batches"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"Policy.{name} must be a positive integer, got {v!r}")
+        if self.compression_bits not in (4, 8):
+            raise ValueError(f"Policy.compression_bits must be 4 or 8, got {self.compression_bits!r}")
+        if self.compression_group_size < 1:
+            raise ValueError(f"Policy.compression_group_size must be positive, got {self.compression_group_size!r}")
+        if not 0.0 < self.attn_sparsity <= 1.0:
+            raise ValueError(f"Policy.attn_sparsity must be in (0, 1], got {self.attn_sparsity!r}")
+
+    @property
+    def block_size(self) -> int:
+        return self.gpu_batch_size * self.num_gpu_batches
+
+    @classmethod
+    def from_percent(cls, percent, **kwargs) -> "Policy":
+        """FlexGen's `--percent w_gpu w_cpu c_gpu c_cpu a_gpu a_cpu` (disk takes the rest)."""
+        p = [float(x) for x in percent]
+        if len(p) != 6:
+            raise ValueError(f"percent needs six numbers (w_gpu, w_cpu, c_gpu, c_cpu, a_gpu, a_cpu), got {percent!r}")
+        return cls(weights=p[0:2], cache=p[2:4], activations=p[4:6], **kwargs)
+
+    def with_(self, **changes) -> "Policy":
+        return replace(self, **changes)
+
+    def describe(self) -> str:
+        fmt = lambda t: "/".join(f"{x:g}" for x in t)  # noqa: E731
+        text = (
+            f"weights {fmt(self.weights)}, cache {fmt(self.cache)}, activations {fmt(self.activations)} "
+            f"(% gpu/cpu/disk); block {self.gpu_batch_size}x{self.num_gpu_batches}"
+        )
+        flags = [n for n in ("cpu_attention", "compress_weight", "compress_cache") if getattr(self, n)]
+        if not self.overlap:
+            flags.append("no-overlap")
+        return text + (f"; {', '.join(flags)}" if flags else "")

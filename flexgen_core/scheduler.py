@@ -1,0 +1,194 @@
+"""The zig-zag block schedule: token step -> layer -> GPU batch.
+
+Weights of a layer are loaded once per step for the whole block and shared by its
+GPU batches; while batch k computes, the next layer's weights, batch k+1's cache
+and activations are on their way and batch k-1's results are being stored. The
+same loop runs with overlap off; only the queues run inline.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from .attention import prefill_attention, prefill_mask
+from .io_queue import IOQueue
+from .kv_cache import BlockCache, decode_over_segments
+from .policy import Policy
+from .tiers import TieredRows, TierSet
+
+HEAD_CHUNK_ROWS = 1024  # logits rows per head call: bounds the [rows, vocab] tensor
+
+
+class Job(Protocol):
+    """What a block computes; the scheduler asks it for inputs and hands it logits."""
+
+    batch_sizes: list[int]
+    num_steps: int
+
+    def prompt_len(self, k: int) -> int: ...
+    def inputs(self, step: int, k: int) -> tuple[torch.Tensor, torch.Tensor]: ...  # token ids, positions
+    def key_valid(self, step: int, k: int) -> torch.Tensor: ...  # [b, keys] bool
+    def select(self, step: int, k: int) -> torch.Tensor | None: ...
+    def consume(self, step: int, k: int, rows: slice, logits: torch.Tensor) -> None: ...
+    def done(self) -> bool: ...
+
+
+class _Context:
+    """Per (layer, batch) context handed to a layer: positions and the attention hook."""
+
+    def __init__(self, positions, select=None, attend=None):
+        self.positions, self.select, self._attend = positions, select, attend
+
+    def attend(self, q, k, v):
+        return self._attend(q, k, v)
+
+
+class Activations:
+    """Hidden states of each GPU batch between layers, on the tiers the policy names."""
+
+    def __init__(self, tiers: TierSet, percents, queue: IOQueue):
+        self.tiers, self.percents, self.queue = tiers, percents, queue
+        self.resident = percents[0] == 100
+        self.slots: dict[int, object] = {}
+        self.buffers: dict[tuple[int, tuple], TieredRows] = {}
+
+    def put(self, k: int, y: torch.Tensor):
+        if self.resident:
+            self.slots[k] = y
+            return
+        key = (k, tuple(y.shape))
+        buf = self.buffers.get(key)
+        if buf is None:
+            for old in [b for kk, b in self.buffers.items() if kk[0] == k]:
+                old.free()
+            self.buffers = {kk: b for kk, b in self.buffers.items() if kk[0] != k}
+            buf = self.buffers[key] = TieredRows(self.tiers, (y.shape[0] * y.shape[1], y.shape[2]), y.dtype,
+                                                 self.percents, f"act{k}")
+        self.queue.submit(buf.write, y.reshape(-1, y.shape[2]))
+        self.slots[k] = (buf, y.shape)
+
+    def fetch(self, k: int):
+        if self.resident:
+            return _Ready(self.slots[k])
+        buf, shape = self.slots[k]
+        return self.queue.submit(lambda: buf.read().view(shape))
+
+    def free(self):
+        for buf in self.buffers.values():
+            buf.free()
+        self.buffers, self.slots = {}, {}
+
+
+class _Ready:
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+
+class Scheduler:
+    def __init__(self, layers, weights, tiers: TierSet, policy: Policy, spec, dtype: torch.dtype):
+        self.layers, self.weights, self.tiers, self.policy, self.spec = layers, weights, tiers, policy, spec
+        self.dtype = dtype
+        self.weight_queue = IOQueue("weights", tiers.device, policy.overlap)
+        self.data_queue = IOQueue("data", tiers.device, policy.overlap)
+
+    def close(self):
+        self.weight_queue.close()
+        self.data_queue.close()
+
+    def run(self, job: Job):
+        policy, spec = self.policy, self.spec
+        nb = len(job.batch_sizes)
+        cache = None
+        if job.num_steps > 1:
+            shapes = [(b, job.prompt_len(k) + job.num_steps - 1) for k, b in enumerate(job.batch_sizes)]
+            cache = BlockCache(self.tiers, spec.num_layers, shapes, spec.num_kv_heads, spec.head_dim, self.dtype,
+                               policy.cache, policy.cpu_attention)
+        acts = Activations(self.tiers, policy.activations, self.data_queue)
+        n_layers = len(self.layers)
+        pending_w = self.weight_queue.submit(self.weights.load, 0)
+        try:
+            for step in range(job.num_steps):
+                if step > 0 and job.done():
+                    break
+                masks = {}
+                for j, layer in enumerate(self.layers):
+                    w = pending_w.result()
+                    last = j == n_layers - 1 and step == job.num_steps - 1
+                    pending_w = None if last else self.weight_queue.submit(self.weights.load, (j + 1) % n_layers)
+                    fetch = self._fetcher(job, step, j, layer, acts, cache)
+                    pending = fetch(0)
+                    for k in range(nb):
+                        x, segments = (p.result() if p is not None else None for p in pending)
+                        if k + 1 < nb:
+                            pending = fetch(k + 1)
+                        if layer.kind == "head":
+                            self._head(job, step, k, layer, x, w)
+                            continue
+                        positions = job.inputs(step, k)[1]
+                        attend = None
+                        if layer.kind == "decoder":
+                            attend = self._attend_fn(job, step, j - 1, k, cache, segments, masks)
+                        y = layer.forward(x, w, _Context(positions, attend=attend))
+                        acts.put(k, y)
+                    del w
+            if pending_w is not None:
+                pending_w.result()
+        finally:
+            self.data_queue.drain()
+            self.weight_queue.drain()
+            acts.free()
+            if cache is not None:
+                cache.free()
+
+    def _fetcher(self, job, step, j, layer, acts, cache):
+        decoder_index = j - 1
+
+        def fetch(k):
+            if layer.kind == "embed":
+                x = _Ready(job.inputs(step, k)[0])
+            else:
+                x = acts.fetch(k)
+            segs = None
+            if layer.kind == "decoder" and step > 0:
+                t = job.prompt_len(k) + step - 1
+                segs = self.data_queue.submit(cache.load, decoder_index, k, t)
+            return x, segs
+
+        return fetch
+
+    def _attend_fn(self, job, step, layer_index, k, cache, segments, masks):
+        window = self.spec.sliding_window
+
+        def attend(q, new_k, new_v):
+            if step == 0:
+                if k not in masks:
+                    masks[k] = prefill_mask(job.key_valid(0, k), window)
+                out = prefill_attention(q, new_k, new_v, masks[k])
+                if cache is not None:
+                    self.data_queue.submit(cache.store_prefill, layer_index, k, new_k, new_v)
+                return out
+            t = job.prompt_len(k) + step - 1
+            valid = job.key_valid(step, k)
+            if window is not None and t + 1 > window:
+                valid = valid.clone()
+                valid[:, : t + 1 - window] = False
+
+            def store(i, k_rows, v_rows):
+                self.data_queue.submit(cache.store_token, layer_index, k, i, k_rows[:, None], v_rows[:, None], t)
+
+            return decode_over_segments(q, new_k, new_v, segments, valid, t, store)
+
+        return attend
+
+    def _head(self, job, step, k, layer, x, w):
+        select = job.select(step, k)
+        total = x.shape[0] * x.shape[1] if select is None else select.shape[0]
+        for start in range(0, total, HEAD_CHUNK_ROWS):
+            rows = slice(start, min(start + HEAD_CHUNK_ROWS, total))
+            chosen = torch.arange(rows.start, rows.stop, device=x.device) if select is None else select[rows]
+            logits = layer.forward(x, w, _Context(None, select=chosen))
+            job.consume(step, k, rows, logits)

@@ -1,0 +1,152 @@
+"""ModelSpec: the shape of a model, from an HF config or the built-in table."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    family: str  # "opt" or "llama"
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    ffn_size: int
+    max_seq_len: int
+    tie_embeddings: bool = True
+    hidden_act: str = ""
+    # OPT
+    word_embed_proj_dim: int | None = None
+    do_layer_norm_before: bool = True
+    # Llama family
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: tuple = ()  # sorted (key, value) pairs of the HF rope_scaling dict
+    head_dim_override: int | None = None
+    attention_bias: bool = False  # bias on q, k, v (Qwen2); OPT always has biases
+    mlp_bias: bool = False
+    sliding_window: int | None = None
+    bos_token_id: int | None = None
+    eos_token_ids: tuple = ()
+    pad_token_id: int | None = None
+    name: str = ""
+
+    @property
+    def head_dim(self) -> int:
+        return self.head_dim_override or self.hidden_size // self.num_heads
+
+    @property
+    def rope_scaling_dict(self) -> dict:
+        return dict(self.rope_scaling)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    # -- construction -------------------------------------------------------------
+    @classmethod
+    def from_hf_config(cls, config: dict, name: str = "") -> "ModelSpec":
+        from .families import family_for_config
+
+        return family_for_config(config).spec_from_config(config, name=name)
+
+    @classmethod
+    def from_dir(cls, path: str) -> "ModelSpec":
+        cfg_path = os.path.join(path, "config.json")
+        if not os.path.isfile(cfg_path):
+            raise FileNotFoundError(f"no config.json in model directory {path!r}")
+        try:
+            with open(cfg_path) as f:
+                config = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"corrupt config.json in {path!r}: {e}") from e
+        return cls.from_hf_config(config, name=os.path.basename(os.path.normpath(path)))
+
+    @classmethod
+    def from_name(cls, name: str) -> "ModelSpec":
+        """Built-in sizes (no download): 'facebook/opt-30b', 'opt-6.7b', 'meta-llama/Llama-2-7b-hf', ..."""
+        key = name.split("/")[-1].lower()
+        if key not in BUILTIN_CONFIGS:
+            raise KeyError(f"no built-in config for {name!r}; known: {', '.join(sorted(BUILTIN_CONFIGS))}")
+        return cls.from_hf_config(BUILTIN_CONFIGS[key], name=key)
+
+    # -- sizes (used by memory accounting and the cost model) ----------------------
+    def layer_weight_numel(self) -> int:
+        """Parameters of one decoder layer."""
+        h, f, d = self.hidden_size, self.ffn_size, self.head_dim
+        q, kv = self.num_heads * d, self.num_kv_heads * d
+        attn = h * q + 2 * h * kv + q * h
+        if self.family == "opt":
+            return attn + q + 2 * kv + h + 2 * h * f + f + h + 4 * h
+        bias = (q + 2 * kv) if self.attention_bias else 0
+        return attn + bias + 3 * h * f + 2 * h
+
+    def kv_bytes_per_token(self, dtype_bytes: int) -> int:
+        """K and V of one token across all layers."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * dtype_bytes
+
+
+def _opt(hidden, layers, heads, ffn=None, proj=None, max_pos=2048):
+    return {
+        "model_type": "opt", "architectures": ["OPTForCausalLM"], "vocab_size": 50272,
+        "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+        "ffn_dim": ffn or 4 * hidden, "max_position_embeddings": max_pos,
+        "word_embed_proj_dim": proj or hidden, "do_layer_norm_before": True,
+        "bos_token_id": 2, "eos_token_id": 2, "pad_token_id": 1, "tie_word_embeddings": True,
+    }
+
+
+def _llama(hidden, layers, heads, kv_heads, ffn, vocab=32000, max_pos=4096, theta=10000.0,
+           tie=False, eps=1e-5, rope_scaling=None, bos=1, eos=2):
+    cfg = {
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": vocab,
+        "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads, "intermediate_size": ffn, "max_position_embeddings": max_pos,
+        "rope_theta": theta, "tie_word_embeddings": tie, "rms_norm_eps": eps,
+        "bos_token_id": bos, "eos_token_id": eos,
+    }
+    if rope_scaling:
+        cfg["rope_scaling"] = rope_scaling
+    return cfg
+
+
+_LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192}
+
+# The published sizes, as plain data (HF config fields).
+BUILTIN_CONFIGS: dict[str, dict] = {
+    "opt-125m": _opt(768, 12, 12),
+    "opt-350m": _opt(1024, 24, 16, proj=512),
+    "opt-1.3b": _opt(2048, 24, 32),
+    "opt-2.7b": _opt(2560, 32, 32),
+    "opt-6.7b": _opt(4096, 32, 32),
+    "opt-13b": _opt(5120, 40, 40),
+    "opt-30b": _opt(7168, 48, 56),
+    "opt-66b": _opt(9216, 64, 72),
+    "opt-175b": _opt(12288, 96, 96),
+    "opt-iml-1.3b": _opt(2048, 24, 32),
+    "opt-iml-max-1.3b": _opt(2048, 24, 32),
+    "opt-iml-30b": _opt(7168, 48, 56),
+    "opt-iml-max-30b": _opt(7168, 48, 56),
+    "llama-2-7b-hf": _llama(4096, 32, 32, 32, 11008),
+    "llama-2-13b-hf": _llama(5120, 40, 40, 40, 13824),
+    "llama-2-70b-hf": _llama(8192, 80, 64, 8, 28672),
+    "meta-llama-3-8b": _llama(4096, 32, 32, 8, 14336, vocab=128256, max_pos=8192, theta=500000.0,
+                              bos=128000, eos=128001),
+    "meta-llama-3-70b": _llama(8192, 80, 64, 8, 28672, vocab=128256, max_pos=8192, theta=500000.0,
+                               bos=128000, eos=128001),
+    "llama-3.1-8b": _llama(4096, 32, 32, 8, 14336, vocab=128256, max_pos=131072, theta=500000.0,
+                           rope_scaling=_LLAMA3_ROPE, bos=128000, eos=128001),
+    "llama-3.1-70b": _llama(8192, 80, 64, 8, 28672, vocab=128256, max_pos=131072, theta=500000.0,
+                            rope_scaling=_LLAMA3_ROPE, bos=128000, eos=128001),
+    "llama-3.1-405b": _llama(16384, 126, 128, 8, 53248, vocab=128256, max_pos=131072, theta=500000.0,
+                             rope_scaling=_LLAMA3_ROPE, bos=128000, eos=128001),
+    "mistral-7b-v0.1": {**_llama(4096, 32, 32, 8, 14336, max_pos=32768), "model_type": "mistral",
+                        "architectures": ["MistralForCausalLM"], "sliding_window": 4096},
+    "smollm2-135m": _llama(576, 30, 9, 3, 1536, vocab=49152, max_pos=8192, theta=100000.0, tie=True,
+                           bos=1, eos=2),
+    "smollm2-135m-instruct": _llama(576, 30, 9, 3, 1536, vocab=49152, max_pos=8192, theta=100000.0,
+                                    tie=True, bos=1, eos=2),
+}

@@ -1,0 +1,237 @@
+"""Memory tiers (compute device, CPU, disk) and tensors split across them by rows.
+
+A `TieredRows` holds a [rows, *inner] tensor whose first rows live on the compute
+device, the next on the CPU and the rest in a file, in the policy's proportions.
+Every byte allocated or moved is counted per tier, so a run can report its peak
+memory and prove that the disk was really read.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .policy import TIERS
+
+_NUMPY_VIEW = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.int16,
+               torch.int8: np.int8, torch.uint8: np.uint8, torch.int32: np.int32, torch.int64: np.int64}
+
+
+@dataclass
+class TierStats:
+    resident: dict = field(default_factory=lambda: defaultdict(int))
+    peak: dict = field(default_factory=lambda: defaultdict(int))
+    read: dict = field(default_factory=lambda: defaultdict(int))  # bytes read out of a tier
+    written: dict = field(default_factory=lambda: defaultdict(int))
+
+    def as_dict(self) -> dict:
+        return {k: {t: int(getattr(self, k)[t]) for t in TIERS} for k in ("resident", "peak", "read", "written")}
+
+
+def split_rows(rows: int, percents) -> list[int]:
+    """Rows per tier, cut at cumulative boundaries so rounding never loses a row."""
+    first = round(rows * percents[0] / 100)
+    second = round(rows * (percents[0] + percents[1]) / 100)
+    return [first, second - first, rows - second]
+
+
+class TierSet:
+    """The compute device, host memory and an offload directory, with byte accounting."""
+
+    def __init__(self, device: torch.device, offload_dir: str | None = None):
+        self.device = torch.device(device)
+        self.on_cuda = self.device.type == "cuda"
+        self._own_dir = offload_dir is None
+        self.offload_dir = offload_dir or tempfile.mkdtemp(prefix="flexgen-offload-")
+        os.makedirs(self.offload_dir, exist_ok=True)
+        self.scratch_dir = tempfile.mkdtemp(prefix="scratch-", dir=self.offload_dir)
+        self.stats = TierStats()
+        self._lock = threading.Lock()
+        self._counter = 0
+
+    # -- accounting ------------------------------------------------------------------
+    def allocated(self, tier: str, nbytes: int):
+        with self._lock:
+            self.stats.resident[tier] += nbytes
+            self.stats.peak[tier] = max(self.stats.peak[tier], self.stats.resident[tier])
+
+    def released(self, tier: str, nbytes: int):
+        with self._lock:
+            self.stats.resident[tier] -= nbytes
+
+    def moved(self, tier: str, read: int = 0, written: int = 0):
+        with self._lock:
+            self.stats.read[tier] += read
+            self.stats.written[tier] += written
+
+    def reset_peaks(self):
+        with self._lock:
+            for t in TIERS:
+                self.stats.peak[t] = self.stats.resident[t]
+
+    # -- allocation ------------------------------------------------------------------
+    def host_empty(self, shape, dtype) -> torch.Tensor:
+        t = torch.empty(shape, dtype=dtype)
+        return t.pin_memory() if self.on_cuda else t
+
+    def memory(self, tier: str, shape, dtype) -> torch.Tensor:
+        if tier == "gpu":
+            return torch.empty(shape, dtype=dtype, device=self.device)
+        return self.host_empty(shape, dtype)
+
+    def scratch_path(self, name: str) -> str:
+        with self._lock:
+            self._counter += 1
+            return os.path.join(self.scratch_dir, f"{self._counter:06d}-{name}.bin")
+
+    def close(self):
+        shutil.rmtree(self.scratch_dir, ignore_errors=True)
+        if self._own_dir:
+            shutil.rmtree(self.offload_dir, ignore_errors=True)
+
+
+class DiskArray:
+    """A tensor in a file: memory-mapped for indexed access, plain reads for whole loads."""
+
+    def __init__(self, path: str, shape, dtype: torch.dtype, create: bool = True):
+        self.path, self.shape, self.dtype = path, tuple(shape), dtype
+        self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
+        if create:
+            with open(path, "wb") as f:
+                f.truncate(self.nbytes)
+        self._map = None
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        if self._map is None:
+            arr = np.memmap(self.path, dtype=_NUMPY_VIEW[self.dtype], mode="r+", shape=self.shape)
+            self._map = torch.from_numpy(arr).view(self.dtype)
+        return self._map
+
+    def read_into(self, out: torch.Tensor, offset_elems: int = 0):
+        """Read a contiguous range straight into `out` (CPU), then drop it from the page cache:
+        the disk tier exists because RAM is short, so later reads must come from the disk."""
+        view = out.view(torch.uint8).numpy() if out.dtype != torch.uint8 else out.numpy()
+        offset = offset_elems * out.element_size()
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(offset)
+            n = f.readinto(memoryview(view).cast("B"))
+            if n != view.nbytes:
+                raise ValueError(f"offload file {self.path!r} is truncated ({n} of {view.nbytes} bytes)")
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(f.fileno(), offset, n, os.POSIX_FADV_DONTNEED)
+        return out
+
+    def write_all(self, value: torch.Tensor):
+        data = value.contiguous().cpu().view(torch.uint8).numpy()
+        with open(self.path, "wb") as f:
+            f.write(memoryview(data).cast("B"))
+            f.flush()
+            os.fsync(f.fileno())
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+    def close(self):
+        self._map = None
+
+
+class TieredRows:
+    """A [rows, *inner] tensor split along dim 0 into gpu / cpu / disk parts."""
+
+    def __init__(self, tiers: TierSet, shape, dtype, percents, name: str, disk_path: str | None = None):
+        self.tiers, self.shape, self.dtype, self.name = tiers, tuple(shape), dtype, name
+        self.row_elems = int(np.prod(self.shape[1:], dtype=np.int64))
+        self.itemsize = torch.empty((), dtype=dtype).element_size()
+        counts = split_rows(self.shape[0], percents)
+        self.parts: list[tuple[str, int, int, object]] = []  # (tier, first row, end row, storage)
+        start = 0
+        for tier, n in zip(TIERS, counts):
+            if n == 0:
+                continue
+            shape_t = (n,) + self.shape[1:]
+            if tier == "disk":
+                path = disk_path or tiers.scratch_path(name)
+                storage = DiskArray(path, shape_t, dtype, create=not (disk_path and os.path.exists(disk_path)))
+            else:
+                storage = tiers.memory(tier, shape_t, dtype)
+            tiers.allocated(tier, n * self.row_elems * self.itemsize)
+            self.parts.append((tier, start, start + n, storage))
+            start += n
+
+    def rows_on(self, tier: str) -> int:
+        return sum(end - start for t, start, end, _ in self.parts if t == tier)
+
+    def only_tier(self) -> str | None:
+        return self.parts[0][0] if len(self.parts) == 1 else None
+
+    def _bytes(self, rows: int, index) -> int:
+        inner = self.row_elems
+        if index is not None and len(self.shape) > 1:
+            n = len(range(*index.indices(self.shape[1])))
+            inner = inner // self.shape[1] * n
+        return rows * inner * self.itemsize
+
+    def write(self, value: torch.Tensor, index: slice | None = None):
+        """value: [rows, ...] for all rows; `index` selects along dim 1 (e.g. new cache positions)."""
+        for i in range(len(self.parts)):
+            self.write_part(i, value, index)
+
+    def write_part(self, i: int, value: torch.Tensor, index: slice | None = None):
+        tier, start, end, storage = self.parts[i]
+        src = value[start:end]
+        if tier == "disk":
+            if index is None:
+                storage.write_all(src)
+            else:
+                storage.tensor[:, index] = src.cpu()
+        else:
+            dst = storage if index is None else storage[:, index]
+            dst.copy_(src, non_blocking=self.tiers.on_cuda)
+        self.tiers.moved(tier, written=self._bytes(end - start, index))
+
+    def read_part(self, i: int, index: slice | None = None, to: str = "gpu") -> torch.Tensor:
+        """One part, delivered to the compute device (to="gpu") or to host memory (to="cpu").
+        Memory-resident parts already where they are wanted come back as views, not copies."""
+        tier, start, end, storage = self.parts[i]
+        self.tiers.moved(tier, read=self._bytes(end - start, index))
+        if tier == "disk":
+            if index is None:
+                host = self.tiers.host_empty(storage.shape, self.dtype)
+                storage.read_into(host)
+            else:
+                host = storage.tensor[:, index].clone()
+                host = host.pin_memory() if self.tiers.on_cuda and to == "gpu" else host
+        else:
+            host = storage if index is None else storage[:, index]
+        if to == "gpu" or tier == "gpu":
+            return host.to(self.tiers.device, non_blocking=True)
+        return host
+
+    def read(self, index: slice | None = None) -> torch.Tensor:
+        """The whole tensor on the compute device (a view when it lives there entirely)."""
+        if self.only_tier() == "gpu":
+            return self.read_part(0, index)
+        inner = self.shape[1:]
+        if index is not None:
+            inner = (len(range(*index.indices(self.shape[1]))),) + self.shape[2:]
+        out = torch.empty((self.shape[0],) + inner, dtype=self.dtype, device=self.tiers.device)
+        for i, (tier, start, end, storage) in enumerate(self.parts):
+            if tier == "disk" and index is None and not self.tiers.on_cuda:
+                self.tiers.moved(tier, read=self._bytes(end - start, None))
+                storage.read_into(out[start:end])  # straight into the compute buffer
+            else:
+                out[start:end].copy_(self.read_part(i, index), non_blocking=True)
+        return out
+
+    def free(self):
+        for tier, start, end, storage in self.parts:
+            self.tiers.released(tier, (end - start) * self.row_elems * self.itemsize)
+            if isinstance(storage, DiskArray):
+                storage.close()
+        self.parts = []

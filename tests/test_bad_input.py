@@ -1,0 +1,87 @@
+"""Bad input gets one clear error before any work starts."""
+import json
+import os
+import shutil
+
+import pytest
+
+from flexgen_core import LLM, ModelSpec, Policy, SamplingParams
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_llama_dir):
+    with LLM.from_pretrained(tiny_llama_dir) as model:
+        yield model
+
+
+def test_empty_prompt(llm):
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        llm.generate([[1, 2], []])
+
+
+def test_prompt_beyond_context(llm):
+    with pytest.raises(ValueError, match="exceeds the model context of 256"):
+        llm.generate([[5] * 250], SamplingParams(max_new_tokens=10))
+    with pytest.raises(ValueError, match="exceeds the model context"):
+        llm.prompt_logprobs([[5] * 300])
+
+
+def test_token_outside_vocabulary(llm):
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        llm.generate([[5, 100000]])
+
+
+def test_bad_sampling_params():
+    with pytest.raises(ValueError, match="n must be"):
+        SamplingParams(n=0)
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingParams(top_p=0.0)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        SamplingParams(max_new_tokens=0)
+
+
+def test_score_needs_context_and_continuation(llm):
+    with pytest.raises(ValueError, match="non-empty context"):
+        llm.score([([], [1, 2])])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(weights=(50, 40, 0)), "summing to 100"),
+    (dict(cache=(-10, 110, 0)), "non-negative"),
+    (dict(gpu_batch_size=0), "positive integer"),
+    (dict(compression_bits=3), "4 or 8"),
+])
+def test_bad_policy(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Policy(**kwargs)
+
+
+def test_policy_that_does_not_fit_memory(tiny_llama_dir):
+    with pytest.raises(ValueError, match=r"weights need .* on gpu, budget is .*short by"):
+        LLM.from_pretrained(tiny_llama_dir, memory={"gpu": "10KiB", "cpu": "1GiB"})
+
+
+def test_unknown_architecture(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba", "architectures": ["MambaForCausalLM"]}))
+    with pytest.raises(ValueError, match="unsupported architecture: model_type='mamba'"):
+        ModelSpec.from_dir(str(tmp_path))
+
+
+def test_missing_weights(tiny_llama_dir, tmp_path):
+    shutil.copy(os.path.join(tiny_llama_dir, "config.json"), tmp_path)
+    with pytest.raises(FileNotFoundError, match="no weights"):
+        LLM.from_pretrained(str(tmp_path))
+
+
+def test_corrupt_weights(tiny_llama_dir, tmp_path):
+    for name in os.listdir(tiny_llama_dir):
+        shutil.copy(os.path.join(tiny_llama_dir, name), tmp_path)
+    st = tmp_path / "model.safetensors"
+    st.write_bytes(st.read_bytes()[: st.stat().st_size // 2])  # truncated download
+    with pytest.raises(ValueError, match="corrupt|cannot read"):
+        LLM.from_pretrained(str(tmp_path))
+
+
+def test_unknown_model_name():
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        LLM.from_pretrained("no-such-org/no-such-model-xyz")
