@@ -5,15 +5,21 @@ import torch
 import torch.nn.functional as F
 
 
-def prefill_mask(key_valid: torch.Tensor, window: int | None = None) -> torch.Tensor:
-    """[b, s] valid-key flags (left padding) -> [b, 1, s, s] boolean mask (True = attend).
-    Padded queries may attend themselves, so no row is empty and softmax never sees only -inf."""
+def prefill_mask(key_valid: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor | None = None,
+                 window: int | None = None) -> torch.Tensor:
+    """[b, s] valid-key flags (left padding) and positions -> [b, 1, s, s] boolean mask (True = attend).
+
+    `segments` packs several continuations after one shared context (prefix sharing):
+    segment 0 is the context, visible to all; segment i > 0 sees the context and itself.
+    Every query may attend itself, so no row is empty and softmax never sees only -inf."""
     s = key_valid.shape[1]
     idx = torch.arange(s, device=key_valid.device)
-    allowed = idx[None, :] <= idx[:, None]
+    mask = (idx[None, :] <= idx[:, None])[None] & key_valid[:, None, :]
+    if segments is not None:
+        seg_q, seg_k = segments[:, :, None], segments[:, None, :]
+        mask &= (seg_k == 0) | (seg_k == seg_q)
     if window is not None:
-        allowed &= (idx[:, None] - idx[None, :]) < window
-    mask = allowed[None] & key_valid[:, None, :]
+        mask &= (positions[:, :, None] - positions[:, None, :]) < window
     mask |= torch.eye(s, dtype=torch.bool, device=key_valid.device)[None]
     return mask[:, None]
 

@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import torch
 
+from .attention import prefill_mask
 from .sampling import RowSampler
 
 
 class _PaddedBatches:
-    def __init__(self, rows: list[list[int]], gpu_batch_size: int, num_steps: int, device, pad_id: int):
+    """rows: token ids. `positions`/`segments` (per row, same lengths) describe packed rows for
+    prefix sharing; by default positions count real tokens and everything is one segment."""
+
+    def __init__(self, rows: list[list[int]], gpu_batch_size: int, num_steps: int, device, pad_id: int,
+                 positions: list[list[int]] | None = None, segments: list[list[int]] | None = None):
         self.device, self.num_steps = device, num_steps
         self.groups = [list(range(i, min(i + gpu_batch_size, len(rows)))) for i in range(0, len(rows), gpu_batch_size)]
         self.batch_sizes = [len(g) for g in self.groups]
         self.prompt_lens, self.prompts, self.valid, self.real_lens = [], [], [], []
+        self.packed_positions, self.segments = [], []
         for group in self.groups:
             width = max(len(rows[i]) for i in group)
             ids = torch.full((len(group), width), pad_id, dtype=torch.long)
@@ -28,6 +34,15 @@ class _PaddedBatches:
             self.prompts.append(ids.to(device))
             self.valid.append(valid.to(device))
             self.real_lens.append(torch.tensor([len(rows[i]) for i in group], device=device))
+            if positions is not None:
+                pos = torch.zeros((len(group), width), dtype=torch.long)
+                seg = torch.zeros((len(group), width), dtype=torch.long)
+                for r, i in enumerate(group):
+                    n = len(rows[i])
+                    pos[r, width - n:] = torch.tensor(positions[i], dtype=torch.long)
+                    seg[r, width - n:] = torch.tensor(segments[i], dtype=torch.long)
+                self.packed_positions.append(pos.to(device))
+                self.segments.append(seg.to(device))
         self._inputs: dict = {}
 
     def prompt_len(self, k: int) -> int:
@@ -38,8 +53,11 @@ class _PaddedBatches:
         if key not in self._inputs:
             self._inputs = {kk: v for kk, v in self._inputs.items() if kk[0] == step}  # keep only this step
             if step == 0:
-                valid = self.valid[k][:, : self.prompt_lens[k]]
-                positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+                if self.packed_positions:
+                    positions = self.packed_positions[k]
+                else:
+                    valid = self.valid[k][:, : self.prompt_lens[k]]
+                    positions = (valid.long().cumsum(1) - 1).clamp(min=0)
                 self._inputs[key] = (self.prompts[k], positions)
             else:
                 positions = (self.real_lens[k] + step - 1)[:, None]
@@ -48,6 +66,10 @@ class _PaddedBatches:
 
     def key_valid(self, step: int, k: int) -> torch.Tensor:
         return self.valid[k][:, : self.prompt_lens[k] + step]
+
+    def prefill_mask(self, k: int, window: int | None) -> torch.Tensor:
+        segments = self.segments[k] if self.segments else None
+        return prefill_mask(self.key_valid(0, k), self.inputs(0, k)[1], segments, window)
 
     def next_tokens(self, k: int) -> torch.Tensor:
         raise NotImplementedError
@@ -122,8 +144,8 @@ class ScoringJob(_PaddedBatches):
     rows[i] are the input ids; targets[i] lists (position in rows[i], token id) pairs:
     the token expected right after that position."""
 
-    def __init__(self, rows, targets, gpu_batch_size, device, pad_id):
-        super().__init__(rows, gpu_batch_size, 1, device, pad_id)
+    def __init__(self, rows, targets, gpu_batch_size, device, pad_id, positions=None, segments=None):
+        super().__init__(rows, gpu_batch_size, 1, device, pad_id, positions, segments)
         self.targets = targets
         self.logprobs = [[] for _ in rows]
         self.greedy = [[] for _ in rows]

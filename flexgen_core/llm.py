@@ -1,7 +1,6 @@
 """LLM: the public entry point of the runtime."""
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -11,6 +10,7 @@ from .families import family_of
 from .jobs import GenerationJob, ScoringJob
 from .outputs import CompletionOutput, RequestOutput, ScoreOutput
 from .policy import TIERS, Policy
+from .prefix_sharing import pack_choices
 from .sampling import RowSampler, SamplingParams
 from .scheduler import Scheduler
 from .spec import BUILTIN_CONFIGS, ModelSpec
@@ -160,6 +160,26 @@ class LLM:
         job = self._run_scoring(rows, targets)
         return [ScoreOutput(job_lp, all(g)) for job_lp, g in job]
 
+    def score_choices(self, groups: list[tuple[list[int], list[list[int]]]]) -> list[list[ScoreOutput]]:
+        """Like score() for several continuations of one context, computing the context once."""
+        rows, targets, positions, segments, owners = [], [], [], [], []
+        for g, (context, continuations) in enumerate(groups):
+            if not context or not continuations or any(not c for c in continuations):
+                raise ValueError("score_choices() needs a non-empty context and non-empty continuations in every group")
+            for pack in pack_choices(list(context), [list(c) for c in continuations], self.spec.max_seq_len):
+                rows.append(pack.tokens)
+                targets.append(pack.targets)
+                positions.append(pack.positions)
+                segments.append(pack.segments)
+                owners.append((g, pack.owners))
+        scored = self._run_scoring(rows, targets, positions, segments)
+        per_choice = [[([], []) for _ in continuations] for _, continuations in groups]
+        for (g, choice_of_target), (logprobs, greedy) in zip(owners, scored):
+            for c, lp, is_greedy in zip(choice_of_target, logprobs, greedy):
+                per_choice[g][c][0].append(lp)
+                per_choice[g][c][1].append(is_greedy)
+        return [[ScoreOutput(lp, all(gr)) for lp, gr in group] for group in per_choice]
+
     def prompt_logprobs(self, prompts: list[list[int]]) -> list[list[float | None]]:
         """Per-token log-probs of each prompt; the first token has none."""
         self._check_prompts(prompts)
@@ -169,13 +189,14 @@ class LLM:
         return [[None] + lp for lp, _ in scored]
 
     # -- internals ----------------------------------------------------------------------
-    def _run_scoring(self, rows, targets):
+    def _run_scoring(self, rows, targets, positions=None, segments=None):
         self._check_prompts(rows)
         results = [None] * len(rows)
         start = time.perf_counter()
+        pick = lambda items, block: None if items is None else [items[i] for i in block]  # noqa: E731
         for block in self._blocks(rows):
-            job = ScoringJob([rows[i] for i in block], [targets[i] for i in block], self.policy.gpu_batch_size,
-                             self.device, self._pad_id())
+            job = ScoringJob(pick(rows, block), pick(targets, block), self.policy.gpu_batch_size, self.device,
+                             self._pad_id(), pick(positions, block), pick(segments, block))
             with torch.inference_mode():
                 self.scheduler.run(job)
             for r, i in enumerate(block):
@@ -253,7 +274,3 @@ def _load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path)
-
-
-def describe_placement(llm: LLM) -> str:
-    return json.dumps({"policy": llm.policy.describe(), "memory": llm.memory_stats()}, indent=1)

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import torch
 
-from .attention import prefill_attention, prefill_mask
+from .attention import prefill_attention
 from .io_queue import IOQueue
 from .kv_cache import BlockCache, decode_over_segments
 from .policy import Policy
@@ -29,6 +29,7 @@ class Job(Protocol):
     def prompt_len(self, k: int) -> int: ...
     def inputs(self, step: int, k: int) -> tuple[torch.Tensor, torch.Tensor]: ...  # token ids, positions
     def key_valid(self, step: int, k: int) -> torch.Tensor: ...  # [b, keys] bool
+    def prefill_mask(self, k: int, window: int | None) -> torch.Tensor: ...  # [b, 1, s, s] bool
     def select(self, step: int, k: int) -> torch.Tensor | None: ...
     def consume(self, step: int, k: int, rows: slice, logits: torch.Tensor) -> None: ...
     def done(self) -> bool: ...
@@ -166,7 +167,7 @@ class Scheduler:
         def attend(q, new_k, new_v):
             if step == 0:
                 if k not in masks:
-                    masks[k] = prefill_mask(job.key_valid(0, k), window)
+                    masks[k] = job.prefill_mask(k, window)
                 out = prefill_attention(q, new_k, new_v, masks[k])
                 if cache is not None:
                     self.data_queue.submit(cache.store_prefill, layer_index, k, new_k, new_v)

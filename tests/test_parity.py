@@ -73,3 +73,18 @@ def test_eos_stops_a_row(tiny_llama_dir):
         got = out[0].outputs[0]
         assert got.finish_reason == "stop"
         assert got.token_ids == free.token_ids[: free.token_ids.index(stop_at) + 1]
+
+
+def test_score_choices_shares_the_context_and_matches_score(model_pair):
+    llm, _ = model_pair
+    groups = [([5, 17, 33, 40], [[41], [42, 43, 44], [7, 8], [9, 10, 11, 12]]),
+              ([100, 101], [[102, 103], [104]]),
+              ([250], [[3, 4, 5]])]
+    shared = llm.score_choices(groups)
+    for (context, choices), got in zip(groups, shared):
+        alone = llm.score([(context, c) for c in choices])
+        assert len(got) == len(choices)
+        for a, g, c in zip(alone, got, choices):
+            assert len(g.logprobs) == len(c)
+            assert g.logprobs == pytest.approx(a.logprobs, abs=1e-5)
+            assert g.is_greedy == a.is_greedy
