@@ -40,6 +40,9 @@ class IOQueue:
         if self.cuda:  # the task may read tensors the compute stream is still producing
             ready = torch.cuda.Event()
             ready.record(torch.cuda.current_stream(self.device))
+            for t in _tensors(args):  # and compute may drop them before this stream is done
+                if t.is_cuda:
+                    t.record_stream(self.stream)
         future = self.pool.submit(self._run, fn, args, ready)
         self._inflight = [f for f in self._inflight if not f.done() or f.exception() is not None]
         self._inflight.append(future)

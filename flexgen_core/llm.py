@@ -242,8 +242,12 @@ class LLM:
                          "tokens_per_s": tokens / seconds if seconds > 0 else 0.0}
 
     def memory_stats(self) -> dict:
-        """Bytes resident, peak, read and written per tier since the model was loaded."""
-        return self.tiers.stats.as_dict()
+        """Bytes resident, peak, read and written per tier since the model was loaded; on CUDA also
+        the allocator's peak, which includes working buffers the tier accounting does not see."""
+        stats = self.tiers.stats.as_dict()
+        if self.device.type == "cuda":
+            stats["device_peak_allocated"] = torch.cuda.max_memory_allocated(self.device)
+        return stats
 
 
 def check_fits(spec: ModelSpec, policy: Policy, memory: dict, dtype: torch.dtype):

@@ -192,7 +192,8 @@ class TieredRows:
                 storage.tensor[:, index] = src.cpu()
         else:
             dst = storage if index is None else storage[:, index]
-            dst.copy_(src, non_blocking=self.tiers.on_cuda)
+            # Device-to-host copies block: the CPU may read this memory next (CPU attention).
+            dst.copy_(src, non_blocking=self.tiers.on_cuda and tier == "gpu")
         self.tiers.moved(tier, written=self._bytes(end - start, index))
 
     def read_part(self, i: int, index: slice | None = None, to: str = "gpu") -> torch.Tensor:

@@ -1,0 +1,48 @@
+import pytest
+import torch
+
+from flexgen_core.tiers import TieredRows, TierSet, split_rows
+
+
+@pytest.mark.parametrize("rows, percents, expected", [
+    (10, (30, 50, 20), [3, 5, 2]),
+    (10, (100, 0, 0), [10, 0, 0]),
+    (7, (0, 0, 100), [0, 0, 7]),
+    (3, (33.3, 33.3, 33.4), [1, 1, 1]),
+    (1, (30, 50, 20), [0, 1, 0]),
+])
+def test_split_rows_never_loses_a_row(rows, percents, expected):
+    assert split_rows(rows, percents) == expected
+    assert sum(split_rows(rows, percents)) == rows
+
+
+def test_tiered_rows_round_trip_and_accounting(tmp_path):
+    tiers = TierSet(torch.device("cpu"), str(tmp_path))
+    value = torch.randn(10, 6, 4)
+    buf = TieredRows(tiers, value.shape, value.dtype, (30, 50, 20), "t")
+    assert [buf.rows_on(t) for t in ("gpu", "cpu", "disk")] == [3, 5, 2]
+    buf.write(value)
+    assert torch.equal(buf.read(), value)
+    assert torch.equal(buf.read(slice(1, 3)), value[:, 1:3])
+    buf.write(value[:, 2:3] * 0 + 7, slice(2, 3))
+    assert (buf.read()[:, 2] == 7).all() and torch.equal(buf.read()[:, 3:], value[:, 3:])
+    stats = tiers.stats.as_dict()
+    row_bytes = 6 * 4 * 4
+    assert stats["resident"] == {"gpu": 3 * row_bytes, "cpu": 5 * row_bytes, "disk": 2 * row_bytes}
+    assert stats["read"]["disk"] >= 2 * row_bytes and stats["written"]["disk"] >= 2 * row_bytes
+    buf.free()
+    assert tiers.stats.as_dict()["resident"]["disk"] == 0
+    assert tiers.stats.as_dict()["peak"]["disk"] == 2 * row_bytes
+    tiers.close()
+
+
+def test_truncated_offload_file_is_reported(tmp_path):
+    tiers = TierSet(torch.device("cpu"), str(tmp_path))
+    buf = TieredRows(tiers, (8,), torch.float32, (0, 0, 100), "w")
+    buf.write(torch.arange(8.0))
+    path = buf.parts[0][3].path
+    with open(path, "r+b") as f:
+        f.truncate(8)
+    with pytest.raises(ValueError, match="truncated"):
+        buf.read()
+    tiers.close()
