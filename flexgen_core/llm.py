@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from .compression import QuantConfig
 from .families import family_of
 from .jobs import GenerationJob, ScoringJob
 from .outputs import CompletionOutput, RequestOutput, ScoreOutput
@@ -89,8 +90,9 @@ class LLM:
 
             bar = tqdm(total=len(layers), desc="loading weights", unit="layer")
         try:
+            quant = QuantConfig(policy.compression_bits, policy.compression_group_size) if policy.compress_weight else None
             weights = WeightStore(layers, tiers, policy.weights, dtype,
-                                  WeightSource(path, dummy=dummy_weights, identity=path or spec.name), bar)
+                                  WeightSource(path, dummy=dummy_weights, identity=path or spec.name), quant, bar)
         except BaseException:
             tiers.close()
             raise

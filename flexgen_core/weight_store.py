@@ -1,7 +1,7 @@
 """Per-layer weights as one flat buffer split across tiers, streamed to the compute device.
 
-Each layer's tensors are packed into a single flat buffer of the compute dtype and
-cut at element granularity by the policy's weight percentages, so every layer
+Each layer's tensors are packed into a single byte buffer (raw compute dtype, or
+group-quantized matrices when weights are compressed) and cut at byte granularity by the policy's weight percentages, so every layer
 sends the same share over the link. Disk parts are written once under
 `offload_dir` and reused by later runs with the same model, dtype and split.
 """
@@ -14,78 +14,108 @@ import os
 import torch
 
 from .checkpoint import CheckpointReader
+from .compression import QuantConfig, dequantize, quantize
 from .layers import WeightSpec
 from .tiers import DiskArray, TieredRows, TierSet, split_rows
 
 
-class LayerWeights:
-    def __init__(self, specs: list[WeightSpec], buffer: TieredRows):
-        self.specs, self.buffer = specs, buffer
-        self.numel = sum(s.numel for s in specs)
+class LayerLayout:
+    """Where each tensor of a layer sits in the layer's byte buffer, and how it is encoded:
+    raw in the compute dtype, or group-quantized (matrices, when weights are compressed)."""
 
-    def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        out, offset = {}, 0
-        for s in self.specs:
-            out[s.name] = flat[offset:offset + s.numel].view(s.shape)
-            offset += s.numel
+    ALIGN = 16  # keeps every raw tensor view aligned for its dtype
+
+    def __init__(self, specs: list[WeightSpec], dtype: torch.dtype, quant: QuantConfig | None):
+        self.specs, self.dtype, self.quant = specs, dtype, quant
+        self.entries = []  # (spec, byte offset, byte length, quantized)
+        offset = 0
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        for spec in specs:
+            quantized = quant is not None and len(spec.shape) >= 2
+            rows = spec.numel // spec.shape[-1]
+            nbytes = rows * quant.packed_bytes(spec.shape[-1]) if quantized else spec.numel * itemsize
+            self.entries.append((spec, offset, nbytes, quantized))
+            offset += -(-nbytes // self.ALIGN) * self.ALIGN
+        self.nbytes = offset
+
+    def encode(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        flat = torch.zeros(self.nbytes, dtype=torch.uint8)
+        for spec, offset, nbytes, quantized in self.entries:
+            t = tensors[spec.name]
+            if quantized:
+                data = quantize(t.reshape(-1, spec.shape[-1]), self.quant).reshape(-1)
+            else:
+                data = t.to(self.dtype).contiguous().reshape(-1).view(torch.uint8)
+            flat[offset:offset + nbytes] = data
+        return flat
+
+    def decode(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Views into `flat` for raw tensors; quantized ones are dequantized once here, on the
+        device that computes, so each layer is expanded once per block step."""
+        out = {}
+        for spec, offset, nbytes, quantized in self.entries:
+            data = flat[offset:offset + nbytes]
+            if quantized:
+                rows = spec.numel // spec.shape[-1]
+                out[spec.name] = dequantize(data.view(rows, -1), spec.shape[-1], self.quant, self.dtype).view(spec.shape)
+            else:
+                out[spec.name] = data.view(self.dtype).view(spec.shape)
         return out
 
 
 class WeightStore:
     def __init__(self, layers, tiers: TierSet, percents, dtype: torch.dtype, source: "WeightSource",
-                 progress=None):
-        self.tiers, self.dtype, self.percents = tiers, dtype, tuple(percents)
-        self.layers: list[LayerWeights] = []
-        key = source.cache_key(dtype, self.percents)
+                 quant: QuantConfig | None = None, progress=None):
+        self.tiers, self.dtype, self.percents, self.quant = tiers, dtype, tuple(percents), quant
+        self.layouts: list[LayerLayout] = []
+        self.buffers: list[TieredRows] = []
+        key = source.cache_key(dtype, self.percents, quant)
         for layer in layers:
-            specs = layer.weight_specs()
-            numel = sum(s.numel for s in specs)
+            layout = LayerLayout(layer.weight_specs(), dtype, quant)
             disk_path = os.path.join(tiers.offload_dir, "weights", key, f"{layer.name}.bin")
             os.makedirs(os.path.dirname(disk_path), exist_ok=True)
-            counts = split_rows(numel, self.percents)
-            reusable = counts[2] > 0 and _valid_file(disk_path, counts[2], dtype)
-            buffer = TieredRows(tiers, (numel,), dtype, self.percents, f"w-{layer.name}",
+            counts = split_rows(layout.nbytes, self.percents)
+            reusable = counts[2] > 0 and _valid_file(disk_path, counts[2])
+            buffer = TieredRows(tiers, (layout.nbytes,), torch.uint8, self.percents, f"w-{layer.name}",
                                 disk_path=disk_path if counts[2] else None)
-            entry = LayerWeights(specs, buffer)
             if not (reusable and counts[0] + counts[1] == 0):
-                flat = source.layer_flat(specs, dtype)
+                flat = layout.encode(source.layer_tensors(layout.specs))
                 for tier, start, end, storage in buffer.parts:
                     if isinstance(storage, DiskArray):
                         if not reusable:
                             _unmark(disk_path)  # a crash mid-write must not leave a valid-looking file
                             storage.write_all(flat[start:end])
-                            _mark_valid(disk_path, end - start, dtype)
+                            _mark_valid(disk_path, end - start)
                     else:
                         storage.copy_(flat[start:end])
                 del flat
-            self.layers.append(entry)
+            self.layouts.append(layout)
+            self.buffers.append(buffer)
             if progress is not None:
                 progress.update(1)
 
     def load(self, j: int) -> dict[str, torch.Tensor]:
         """All tensors of layer j on the compute device (views when they already live there)."""
-        entry = self.layers[j]
-        return entry.views(entry.buffer.read())
+        return self.layouts[j].decode(self.buffers[j].read())
 
     def nbytes(self) -> int:
-        return sum(e.numel for e in self.layers) * torch.empty((), dtype=self.dtype).element_size()
+        return sum(layout.nbytes for layout in self.layouts)
 
     def largest_layer_bytes(self) -> int:
-        return max(e.numel for e in self.layers) * torch.empty((), dtype=self.dtype).element_size()
+        return max(layout.nbytes for layout in self.layouts)
 
 
 def _marker(path: str) -> str:
     return path + ".ok"
 
 
-def _valid_file(path: str, numel: int, dtype: torch.dtype) -> bool:
+def _valid_file(path: str, nbytes: int) -> bool:
     try:
         with open(_marker(path)) as f:
             meta = json.load(f)
         size = os.path.getsize(path)
     except (OSError, json.JSONDecodeError):
         return False
-    nbytes = numel * torch.empty((), dtype=dtype).element_size()
     return meta.get("bytes") == nbytes == size
 
 
@@ -96,9 +126,9 @@ def _unmark(path: str):
         pass
 
 
-def _mark_valid(path: str, numel: int, dtype: torch.dtype):
+def _mark_valid(path: str, nbytes: int):
     with open(_marker(path), "w") as f:
-        json.dump({"bytes": numel * torch.empty((), dtype=dtype).element_size()}, f)
+        json.dump({"bytes": nbytes}, f)
 
 
 class WeightSource:
@@ -109,31 +139,29 @@ class WeightSource:
         self.reader = None if dummy else CheckpointReader(path)
         self.identity = identity or (path or "")
 
-    def cache_key(self, dtype: torch.dtype, percents) -> str:
-        stamp = {"id": self.identity, "dummy": self.dummy, "dtype": str(dtype), "split": list(percents)}
+    def cache_key(self, dtype: torch.dtype, percents, quant=None) -> str:
+        stamp = {"id": self.identity, "dummy": self.dummy, "dtype": str(dtype), "split": list(percents),
+                 "quant": None if quant is None else [quant.bits, quant.group_size]}
         if self.reader is not None:
             stamp["files"] = sorted(
                 (os.path.basename(f), os.path.getsize(f), int(os.path.getmtime(f))) for f in set(self.reader.index.values())
             )
         return hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16]
 
-    def layer_flat(self, specs: list[WeightSpec], dtype: torch.dtype) -> torch.Tensor:
-        flat = torch.empty(sum(s.numel for s in specs), dtype=dtype)
-        offset = 0
+    def layer_tensors(self, specs: list[WeightSpec]) -> dict[str, torch.Tensor]:
+        out = {}
         gen = torch.Generator().manual_seed(0)
         for s in specs:
-            part = flat[offset:offset + s.numel]
             if self.dummy:
                 if s.init == "ones":
-                    part.fill_(1.0)
+                    out[s.name] = torch.ones(s.shape)
                 elif s.init == "zeros":
-                    part.zero_()
+                    out[s.name] = torch.zeros(s.shape)
                 else:
-                    part.copy_(torch.randn(s.numel, generator=gen, dtype=torch.float32).mul_(0.02))
+                    out[s.name] = torch.randn(s.shape, generator=gen).mul_(0.02)
             else:
                 t = self.reader.get(s.name)
                 if tuple(t.shape) != s.shape:
                     raise ValueError(f"tensor {s.name!r} has shape {tuple(t.shape)}, the config implies {s.shape}")
-                part.copy_(t.reshape(-1))
-            offset += s.numel
-        return flat
+                out[s.name] = t
+        return out

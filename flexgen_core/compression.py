@@ -1,0 +1,77 @@
+"""Asymmetric min-max group-wise quantization (4 or 8 bits), as in the FlexGen paper.
+
+Values are cut into groups of `group_size` along the last dimension; each group
+stores its minimum and step in fp16 and one unsigned code per value, two codes per
+byte at 4 bits. A group with max == min stores step 0 and decodes to its minimum.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+STATS_DTYPE = torch.float16  # per-group minimum and step: the paper's layout (4 bytes a group)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    bits: int = 4
+    group_size: int = 64
+
+    def __post_init__(self):
+        if self.bits not in (4, 8):
+            raise ValueError(f"quantization bits must be 4 or 8, got {self.bits}")
+        if self.group_size < 2 or self.group_size % 2:
+            raise ValueError(f"quantization group size must be an even number >= 2, got {self.group_size}")
+
+    @property
+    def levels(self) -> int:
+        return (1 << self.bits) - 1
+
+    def groups(self, n: int) -> int:
+        return -(-n // self.group_size)
+
+    def packed_bytes(self, n: int) -> int:
+        """Bytes for a row of n values: codes plus fp16 minimum and step per group."""
+        g = self.groups(n)
+        return g * self.group_size * self.bits // 8 + g * 2 * STATS_DTYPE.itemsize
+
+
+def quantize(x: torch.Tensor, cfg: QuantConfig) -> torch.Tensor:
+    """[..., n] -> uint8 [..., packed_bytes(n)] (codes, then minimums, then steps)."""
+    n, gs = x.shape[-1], cfg.group_size
+    lead = x.shape[:-1]
+    g = cfg.groups(n)
+    xf = x.float()
+    if g * gs != n:  # pad with the row's last value so padding never widens a group's range
+        xf = torch.cat([xf, xf[..., -1:].expand(*lead, g * gs - n)], dim=-1)
+    groups = xf.reshape(*lead, g, gs)
+    lo = groups.amin(-1).to(STATS_DTYPE)
+    hi = groups.amax(-1)
+    # Round the stored minimum down and the step up, so fp16 storage cannot push
+    # a value outside the representable range of its group.
+    lo = torch.where(lo.float() > groups.amin(-1), torch.nextafter(lo, torch.full_like(lo, -torch.inf)), lo)
+    step = ((hi - lo.float()) / cfg.levels).to(STATS_DTYPE)
+    step = torch.where(step.float() * cfg.levels < hi - lo.float(),
+                       torch.nextafter(step, torch.full_like(step, torch.inf)), step)
+    safe = torch.where(step > 0, step.float(), torch.ones_like(step, dtype=torch.float32))
+    codes = torch.round((groups - lo.float()[..., None]) / safe[..., None]).clamp_(0, cfg.levels)
+    codes = torch.where(step[..., None] > 0, codes, torch.zeros_like(codes)).to(torch.uint8)
+    codes = codes.reshape(*lead, g * gs)
+    if cfg.bits == 4:
+        codes = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    stats = torch.cat([lo, step], dim=-1).contiguous().view(torch.uint8)
+    return torch.cat([codes, stats], dim=-1)
+
+
+def dequantize(packed: torch.Tensor, n: int, cfg: QuantConfig, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 [..., packed_bytes(n)] -> [..., n] of dtype."""
+    g, gs = cfg.groups(n), cfg.group_size
+    code_bytes = g * gs * cfg.bits // 8
+    codes, stats = packed[..., :code_bytes], packed[..., code_bytes:]
+    stats = stats.contiguous().view(STATS_DTYPE).float()
+    lo, step = stats[..., :g], stats[..., g:]
+    if cfg.bits == 4:
+        codes = torch.stack([codes & 0x0F, codes >> 4], dim=-1).reshape(*codes.shape[:-1], g * gs)
+    values = codes.reshape(*codes.shape[:-1], g, gs).float() * step[..., None] + lo[..., None]
+    return values.reshape(*values.shape[:-2], g * gs)[..., :n].to(dtype)
