@@ -40,3 +40,20 @@ def decode_attention_rows(q_rows, k_rows, v_rows, key_valid_rows) -> torch.Tenso
     scores = scores.masked_fill(~key_valid_rows[:, None, :], torch.finfo(torch.float32).min)
     probs = torch.softmax(scores, dim=-1).to(v_rows.dtype)
     return torch.matmul(probs, v_rows)
+
+
+def sparse_decode_attention_rows(q_rows, k_rows, key_valid_rows, sparsity: float, gather_values) -> torch.Tensor:
+    """Top-k attention (the paper's sparse mode): each query head keeps the highest
+    `sparsity` fraction of its row's real (unpadded) scores, and only the values at those
+    positions are read, via `gather_values(positions [r, m]) -> values [r, m, d]`."""
+    r, g, d = q_rows.shape
+    scale = d ** -0.5
+    scores = torch.matmul(q_rows, k_rows.transpose(1, 2)).float() * scale
+    scores = scores.masked_fill(~key_valid_rows[:, None, :], torch.finfo(torch.float32).min)
+    keep = torch.ceil(key_valid_rows.sum(-1).double() * sparsity).long().clamp(min=1)  # per row: padding-independent
+    top, positions = scores.topk(int(keep.max()), dim=-1)  # [r, g, m], sorted high to low
+    rank = torch.arange(top.shape[-1], device=top.device)
+    top = top.masked_fill(rank[None, None, :] >= keep[:, None, None], float("-inf"))
+    probs = torch.softmax(top, dim=-1)
+    values = gather_values(positions.reshape(r, -1)).reshape(r, g, -1, d)
+    return (probs.to(values.dtype)[..., None] * values).sum(dim=2)

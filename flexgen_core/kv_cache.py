@@ -2,7 +2,9 @@
 
 Rows are (sequence, kv head) pairs, so attention is independent per row and each
 tier's rows can be attended where they live (CPU attention) or brought to the
-compute device.
+compute device. With compression the cache holds group-quantized bytes on every
+tier and is expanded where it is attended. With sparse attention only the values
+at each query's top-scoring positions are read.
 """
 from __future__ import annotations
 
@@ -10,60 +12,101 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import decode_attention_rows
+from .attention import decode_attention_rows, sparse_decode_attention_rows
+from .compression import QuantConfig, dequantize, quantize
 from .tiers import TieredRows, TierSet
 
 
 @dataclass
 class Segment:
+    index: int  # part number within the tiered buffers
     start: int
     end: int
     tier: str
     keys: torch.Tensor  # [rows, t + 1, d] on the device where this segment is attended
-    values: torch.Tensor
+    values: torch.Tensor | None  # same, or None when values are gathered lazily (sparse attention)
     is_view: bool  # a view of the tier's storage: writing the new token writes the cache itself
 
 
 class BlockCache:
     def __init__(self, tiers: TierSet, num_layers: int, batch_shapes: list[tuple[int, int]], num_kv_heads: int,
-                 head_dim: int, dtype: torch.dtype, percents, cpu_attention: bool):
+                 head_dim: int, dtype: torch.dtype, percents, cpu_attention: bool,
+                 quant: QuantConfig | None = None, sparsity: float = 1.0):
         self.tiers, self.kv, self.cpu_attention = tiers, num_kv_heads, cpu_attention
+        self.dtype, self.head_dim, self.quant, self.sparsity = dtype, head_dim, quant, sparsity
         self.entries: dict[tuple[int, int], tuple[TieredRows, TieredRows]] = {}
+        width, store_dtype = (head_dim, dtype) if quant is None else (quant.packed_bytes(head_dim), torch.uint8)
         for j in range(num_layers):
             for k, (b, max_len) in enumerate(batch_shapes):  # (sequences, cache positions) per GPU batch
-                shape = (b * num_kv_heads, max_len, head_dim)
+                shape = (b * num_kv_heads, max_len, width)
                 self.entries[j, k] = tuple(
-                    TieredRows(tiers, shape, dtype, percents, f"{kind}{j}-{k}") for kind in "kv"
+                    TieredRows(tiers, shape, store_dtype, percents, f"{kind}{j}-{k}") for kind in "kv"
                 )
 
+    # -- encoding ------------------------------------------------------------------------
+    def encode(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows if self.quant is None else quantize(rows, self.quant)
+
+    def decode(self, stored: torch.Tensor) -> torch.Tensor:
+        return stored if self.quant is None else dequantize(stored, self.head_dim, self.quant, self.dtype)
+
+    def roundtrip(self, rows: torch.Tensor) -> torch.Tensor:
+        """What a token reads back after being stored: the new token is attended that way too,
+        so results do not depend on which tier the row lives in."""
+        return rows if self.quant is None else self.decode(self.encode(rows))
+
+    # -- writes ------------------------------------------------------------------------------
     def store_prefill(self, j: int, k: int, keys: torch.Tensor, values: torch.Tensor):
         """keys, values [b, kv, s, d] for cache positions 0..s-1."""
         s = keys.shape[2]
         for buf, new in zip(self.entries[j, k], (keys, values)):
-            buf.write(_rows(new), slice(0, s))
+            buf.write(self.encode(_rows(new)), slice(0, s))
 
+    def store_token(self, j: int, k: int, part: int, keys_rows, values_rows, t: int):
+        """Rows [r, d] of the token at position t, for one part."""
+        for buf, rows in zip(self.entries[j, k], (keys_rows, values_rows)):
+            buf.write_part(part, self.encode(rows[:, None]), slice(t, t + 1))
+
+    # -- reads -------------------------------------------------------------------------------
     def load(self, j: int, k: int, t: int) -> list[Segment]:
         """Positions 0..t-1 of every part, each with an empty slot t for the token being decoded."""
         kbuf, vbuf = self.entries[j, k]
+        lazy_values = self.sparsity < 1.0
         segments = []
         for i, (tier, start, end, storage) in enumerate(kbuf.parts):
             where = "cpu" if self.cpu_attention and tier != "gpu" else "gpu"
-            if tier == "gpu" or (tier == "cpu" and where == "cpu"):
+            if self.quant is None and (tier == "gpu" or (tier == "cpu" and where == "cpu")):
                 keys, values = storage[:, :t + 1], vbuf.parts[i][3][:, :t + 1]
-                segments.append(Segment(start, end, tier, keys, values, True))
+                segments.append(Segment(i, start, end, tier, keys, values, True))
                 continue
-            pair = []
-            for buf in (kbuf, vbuf):
-                dev = self.tiers.device if where == "gpu" else torch.device("cpu")
-                out = torch.empty((end - start, t + 1) + buf.shape[2:], dtype=buf.dtype, device=dev)
-                out[:, :t].copy_(buf.read_part(i, slice(0, t), to=where), non_blocking=True)
-                pair.append(out)
-            segments.append(Segment(start, end, tier, pair[0], pair[1], False))
+            keys = self._expanded(kbuf, i, t, where)
+            values = None if lazy_values else self._expanded(vbuf, i, t, where)
+            segments.append(Segment(i, start, end, tier, keys, values, False))
         return segments
 
-    def store_token(self, j: int, k: int, segment_index: int, keys_rows, values_rows, t: int):
-        for buf, rows in zip(self.entries[j, k], (keys_rows, values_rows)):
-            buf.write_part(segment_index, rows, slice(t, t + 1))
+    def _expanded(self, buf: TieredRows, part: int, t: int, where: str) -> torch.Tensor:
+        dev = self.tiers.device if where == "gpu" else torch.device("cpu")
+        rows = buf.parts[part][2] - buf.parts[part][1]
+        out = torch.empty((rows, t + 1, self.head_dim), dtype=self.dtype, device=dev)
+        out[:, :t] = self.decode(buf.read_part(part, slice(0, t), to=where))
+        return out
+
+    def gather_values(self, j: int, k: int, seg: Segment, positions: torch.Tensor, t: int,
+                      new_rows: torch.Tensor) -> torch.Tensor:
+        """Values at `positions` [r, m] (0..t) of one segment, reading only those rows."""
+        if seg.values is not None:
+            idx = positions[..., None].expand(-1, -1, seg.values.shape[-1]).to(seg.values.device)
+            return seg.values.gather(1, idx)
+        vbuf = self.entries[j, k][1]
+        tier, _, _, storage = vbuf.parts[seg.index]
+        old = positions.clamp(max=t - 1).cpu() if tier == "disk" else positions.clamp(max=t - 1)
+        source = storage.tensor if tier == "disk" else storage
+        rows = torch.arange(old.shape[0], device=old.device)[:, None]
+        picked = source[rows.to(source.device), old.to(source.device)]  # [r, m, width]
+        vbuf.tiers.moved(tier, read=picked.numel() * picked.element_size())
+        picked = self.decode(picked.to(seg.keys.device))
+        is_new = (positions == t).to(seg.keys.device)[..., None]
+        return torch.where(is_new, new_rows.to(seg.keys.device)[:, None, :], picked)
 
     def free(self):
         for pair in self.entries.values():
@@ -78,24 +121,32 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def decode_over_segments(q, new_k, new_v, segments: list[Segment], key_valid: torch.Tensor, t: int,
-                         store_token) -> torch.Tensor:
+                         cache: BlockCache, j: int, k: int, store_token) -> torch.Tensor:
     """q [b, h, 1, d], new_k/new_v [b, kv, 1, d], key_valid [b, t + 1] -> [b, h, 1, d].
 
     Each segment is attended where it lives; only q and the output cross the link for
-    CPU-attended rows. `store_token(i, k_rows, v_rows)` persists the new token of segments
-    that are copies rather than views of their tier."""
+    CPU-attended rows. `store_token(part, k_rows, v_rows)` persists the new token of
+    segments that are copies rather than views of their tier."""
     b, h, _, d = q.shape
     kv = new_k.shape[1]
     q_rows = q.reshape(b, kv, h // kv, d).reshape(b * kv, h // kv, d)
     k_rows, v_rows = _rows(new_k)[:, 0], _rows(new_v)[:, 0]
+    k_seen, v_seen = cache.roundtrip(k_rows), cache.roundtrip(v_rows)
     valid_rows = key_valid.repeat_interleave(kv, dim=0)
     out = torch.empty_like(q_rows)
-    for i, seg in enumerate(segments):
+    for seg in segments:
         dev = seg.keys.device
         sl = slice(seg.start, seg.end)
-        seg.keys[:, t] = k_rows[sl].to(dev)
-        seg.values[:, t] = v_rows[sl].to(dev)
+        seg.keys[:, t] = k_seen[sl].to(dev)
+        if seg.values is not None:
+            seg.values[:, t] = v_seen[sl].to(dev)
         if not seg.is_view:
-            store_token(i, k_rows, v_rows)
-        out[sl] = decode_attention_rows(q_rows[sl].to(dev), seg.keys, seg.values, valid_rows[sl].to(dev)).to(q.device)
+            store_token(seg.index, k_rows, v_rows)
+        q_seg, valid = q_rows[sl].to(dev), valid_rows[sl].to(dev)
+        if cache.sparsity < 1.0:
+            gather = lambda pos, seg=seg, sl=sl: cache.gather_values(j, k, seg, pos, t, v_seen[sl])  # noqa: E731
+            result = sparse_decode_attention_rows(q_seg, seg.keys, valid, cache.sparsity, gather)
+        else:
+            result = decode_attention_rows(q_seg, seg.keys, seg.values, valid)
+        out[sl] = result.to(q.device)
     return out.reshape(b, h, 1, d)

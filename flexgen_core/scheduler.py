@@ -12,6 +12,7 @@ from typing import Protocol
 import torch
 
 from .attention import prefill_attention
+from .compression import QuantConfig
 from .io_queue import IOQueue
 from .kv_cache import BlockCache, decode_over_segments
 from .policy import Policy
@@ -106,8 +107,9 @@ class Scheduler:
         cache = None
         if job.num_steps > 1:
             shapes = [(b, job.prompt_len(k) + job.num_steps - 1) for k, b in enumerate(job.batch_sizes)]
+            quant = QuantConfig(policy.compression_bits, policy.compression_group_size) if policy.compress_cache else None
             cache = BlockCache(self.tiers, spec.num_layers, shapes, spec.num_kv_heads, spec.head_dim, self.dtype,
-                               policy.cache, policy.cpu_attention)
+                               policy.cache, policy.cpu_attention, quant, policy.attn_sparsity)
         acts = Activations(self.tiers, policy.activations, self.data_queue)
         n_layers = len(self.layers)
         pending_w = self.weight_queue.submit(self.weights.load, 0)
@@ -178,10 +180,10 @@ class Scheduler:
                 valid = valid.clone()
                 valid[:, : t + 1 - window] = False
 
-            def store(i, k_rows, v_rows):
-                self.data_queue.submit(cache.store_token, layer_index, k, i, k_rows[:, None], v_rows[:, None], t)
+            def store(part, k_rows, v_rows):
+                self.data_queue.submit(cache.store_token, layer_index, k, part, k_rows, v_rows, t)
 
-            return decode_over_segments(q, new_k, new_v, segments, valid, t, store)
+            return decode_over_segments(q, new_k, new_v, segments, valid, t, cache, layer_index, k, store)
 
         return attend
 

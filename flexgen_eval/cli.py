@@ -11,6 +11,8 @@ COMMAND_MODULES = [
     "flexgen_eval.commands.env",
     "flexgen_eval.commands.fetch_model",
     "flexgen_eval.commands.demo",
+    "flexgen_eval.commands.plan",
+    "flexgen_eval.commands.profile",
 ]
 
 

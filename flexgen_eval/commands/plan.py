@@ -1,0 +1,66 @@
+"""`flexgen-eval plan`: the fastest policy for a model, a workload and a memory budget."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from flexgen_core.hardware import load_profile
+from flexgen_core.planner import plan_policy
+from flexgen_core.sizes import parse_size
+from flexgen_core.spec import ModelSpec
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        "plan", help="choose a placement policy with the cost model and OR-Tools",
+        description="Choose weights/cache/activation placement and block shape for the most generated "
+                    "tokens per second within a memory budget. Works offline for built-in sizes.")
+    p.add_argument("--model", required=True,
+                   help="built-in name (opt-30b, facebook/opt-175b, llama-2-7b-hf, ...) "
+                        "or a directory with config.json")
+    p.add_argument("--prompt-len", type=int, default=512)
+    p.add_argument("--gen-len", type=int, default=32)
+    for tier, flag in (("gpu", "--gpu-mem"), ("cpu", "--cpu-mem"), ("disk", "--disk")):
+        p.add_argument(flag, dest=f"{tier}_mem", type=_size, default=None,
+                       help=f"{tier} budget, e.g. 16GiB, 200GB, 1.5TB (default: the hardware profile's)")
+    p.add_argument("--hardware", default="t4", help="preset (t4, a100-40g, a100-80g, h100, rtx4090, cpu) "
+                                                    "or a JSON file from `flexgen-eval profile`")
+    p.add_argument("--compress-weight", action="store_true", help="4-bit group-wise weights")
+    p.add_argument("--compress-cache", action="store_true", help="4-bit group-wise KV cache")
+    p.add_argument("--cpu-attention", choices=("auto", "on", "off"), default="auto",
+                   help="attend CPU-resident cache on the CPU (auto: let the planner decide)")
+    p.add_argument("--margin", type=float, default=0.1, help="fraction of each budget kept free (default 0.1)")
+    p.add_argument("--max-block-size", type=int, default=None, help="at most this many sequences per block")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=run)
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def load_spec(name_or_dir: str) -> ModelSpec:
+    return ModelSpec.from_dir(name_or_dir) if os.path.isdir(name_or_dir) else ModelSpec.from_name(name_or_dir)
+
+
+def run(args) -> int:
+    hw = load_profile(args.hardware)
+    memory = {}
+    for tier in ("gpu", "cpu", "disk"):
+        given = getattr(args, f"{tier}_mem")
+        if given is None and tier not in hw.memory:
+            if tier == "disk":
+                continue  # no disk tier
+            raise ValueError(f"give --{tier}-mem: hardware profile {hw.name!r} has no default {tier} memory")
+        memory[tier] = given if given is not None else hw.memory[tier]
+    plan = plan_policy(
+        load_spec(args.model), args.prompt_len, args.gen_len, memory, hw,
+        compress_weight=args.compress_weight, compress_cache=args.compress_cache,
+        cpu_attention={"auto": None, "on": True, "off": False}[args.cpu_attention],
+        margin=args.margin, max_block_size=args.max_block_size)
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.describe())
+    return 0

@@ -1,0 +1,140 @@
+import pytest
+
+from flexgen_core import ModelSpec, Policy
+from flexgen_core.cost_model import (BlockModel, Lin, compressed_bytes_per_element, estimate, fractions,
+                                     layer_numels, token_steps)
+from flexgen_core.hardware import load_profile
+
+OPT30 = ModelSpec.from_name("opt-30b")
+T4 = load_profile("t4")
+PAPER_30B = Policy(weights=(20, 80, 0), cache=(0, 100, 0), activations=(0, 100, 0), gpu_batch_size=48,
+                   num_gpu_batches=3, cpu_attention=True)
+
+
+def offloaded(weights, **kw):
+    base = dict(cache=(0, 100, 0), activations=(0, 100, 0), gpu_batch_size=16, num_gpu_batches=2)
+    return Policy(weights=weights, **{**base, **kw})
+
+
+def test_lin_is_affine():
+    f = Lin(1.0, {"w_gpu": 2.0}) + Lin.var("w_gpu", "c_cpu", scale=3.0) * 2 + 0.5
+    assert f.value({"w_gpu": 0.5, "c_cpu": 1.0}) == pytest.approx(1.5 + 0.5 * 8 + 6)
+
+
+def test_fractions_follow_the_percentages():
+    x = fractions(PAPER_30B)
+    assert x["w_gpu"] == pytest.approx(0.2) and x["w_cpu"] == pytest.approx(0.8) and x["c_cpu"] == 1.0
+    assert sum(x.values()) == pytest.approx(3.0)
+
+
+def test_layer_sizes_match_the_published_shapes():
+    embed, decoder, head = layer_numels(OPT30)
+    assert decoder == OPT30.layer_weight_numel()
+    assert embed == 50272 * 7168 + (2048 + 2) * 7168  # tokens + learned positions
+    assert head >= 50272 * 7168  # its own copy of the tied embedding
+    total = embed + 48 * decoder + head
+    assert 29e9 < total < 31e9
+
+
+def test_token_steps_cover_every_decode_step():
+    steps = token_steps(512, 32)
+    assert steps[0].phase == "prefill" and steps[0].count == 1 and steps[0].context == 512
+    decode = steps[1:]
+    assert sum(s.count for s in decode) == 31 and len(decode) <= 16
+    mean = sum(s.count * s.context for s in decode) / 31
+    assert mean == pytest.approx(512 + 16)  # contexts 513..543
+    assert [s.phase for s in token_steps(8, 1)] == ["prefill"]
+    assert [s.count for s in token_steps(8, 4)] == [1, 1, 1, 1]
+
+
+def test_throughput_is_block_tokens_over_time():
+    est = estimate(OPT30, PAPER_30B, 512, 32, "t4")
+    assert est.throughput == pytest.approx(144 * 32 / (est.prefill_time + est.decode_time))
+    assert est.io_bound_throughput >= est.throughput
+    assert est.bottleneck("decode") in est.busy["decode"]
+
+
+def test_paper_policies_are_predicted_near_the_papers_measurements():
+    """The model against the paper's T4 numbers (512 + 32): same order, within 2x."""
+    assert 7.32 / 2 < estimate(OPT30, PAPER_30B, 512, 32, T4).throughput < 7.32 * 2
+    all_gpu = Policy(gpu_batch_size=2, overlap=False)
+    assert 25.26 / 2 < estimate(ModelSpec.from_name("opt-6.7b"), all_gpu, 512, 32, T4).throughput < 25.26 * 2
+
+
+def test_streaming_weights_from_slower_tiers_is_never_faster():
+    speeds = [estimate(OPT30, offloaded(w), 512, 32, T4).throughput
+              for w in ((100, 0, 0), (50, 50, 0), (0, 100, 0), (0, 50, 50), (0, 0, 100))]
+    assert speeds == sorted(speeds, reverse=True)
+    assert speeds[0] > speeds[-1]
+
+
+def test_memory_follows_placement():
+    on_gpu = estimate(OPT30, offloaded((100, 0, 0)), 512, 32, T4).peak_memory
+    on_cpu = estimate(OPT30, offloaded((0, 100, 0)), 512, 32, T4).peak_memory
+    on_disk = estimate(OPT30, offloaded((0, 0, 100)), 512, 32, T4).peak_memory
+    weights = sum(n * c for n, c in zip(layer_numels(OPT30), (1, 48, 1))) * 2
+    assert on_gpu["gpu"] - on_cpu["gpu"] == pytest.approx(weights, rel=0.1)  # less two streaming buffers
+    assert on_cpu["cpu"] - on_gpu["cpu"] == pytest.approx(weights)
+    assert on_disk["disk"] == pytest.approx(weights)
+    assert on_gpu["disk"] == 0
+
+
+def test_all_gpu_policy_needs_no_cpu_or_disk():
+    spec = ModelSpec.from_name("opt-1.3b")
+    est = estimate(spec, Policy(gpu_batch_size=4), 128, 16, T4)
+    assert est.peak_memory["cpu"] == 0 and est.peak_memory["disk"] == 0
+    assert est.busy["decode"]["h2d"] == 0
+
+
+def test_cache_memory_grows_with_the_block():
+    small = estimate(OPT30, offloaded((0, 100, 0), num_gpu_batches=1), 512, 32, T4).peak_memory["cpu"]
+    large = estimate(OPT30, offloaded((0, 100, 0), num_gpu_batches=4), 512, 32, T4).peak_memory["cpu"]
+    per_batch = 2 * 16 * 7168 * (512 + 32) * 2 * 48  # K and V of 16 sequences, all layers
+    assert large - small == pytest.approx(3 * per_batch, rel=0.01)
+
+
+def test_more_gpu_batches_amortise_streamed_weights():
+    speeds = [estimate(OPT30, offloaded((0, 100, 0), num_gpu_batches=k, gpu_batch_size=8), 512, 32, T4).throughput
+              for k in (1, 2, 4)]
+    assert speeds[0] < speeds[1] < speeds[2]
+
+
+def test_overlap_is_never_slower():
+    for policy in (PAPER_30B, offloaded((0, 50, 50)), offloaded((30, 70, 0), cpu_attention=True)):
+        on = estimate(OPT30, policy, 512, 32, T4)
+        off = estimate(OPT30, policy.with_(overlap=False), 512, 32, T4)
+        assert on.throughput >= off.throughput
+        assert off.total_time == pytest.approx(sum(sum(b.values()) for b in off.busy.values()))
+
+
+def test_cpu_attention_moves_cache_traffic_off_the_link():
+    plain = estimate(OPT30, offloaded((100, 0, 0)), 512, 32, T4)  # weights resident: h2d carries cache only
+    cpu_attn = estimate(OPT30, offloaded((100, 0, 0), cpu_attention=True), 512, 32, T4)
+    assert cpu_attn.busy["decode"]["h2d"] < plain.busy["decode"]["h2d"] / 2
+    assert cpu_attn.busy["decode"]["cpu"] > 0 == plain.busy["decode"]["cpu"]
+
+
+def test_compression_shrinks_weights_on_every_tier():
+    assert compressed_bytes_per_element(4, 64) == pytest.approx(0.5625)
+    plain = estimate(OPT30, offloaded((0, 0, 100)), 512, 32, T4).peak_memory["disk"]
+    packed = estimate(OPT30, offloaded((0, 0, 100), compress_weight=True), 512, 32, T4).peak_memory["disk"]
+    assert packed == pytest.approx(plain * 0.5625 / 2)
+
+
+def test_cpu_device_shares_one_cpu_between_compute_and_copies():
+    spec = ModelSpec.from_name("smollm2-135m")
+    est = estimate(spec, Policy(weights=(50, 50, 0), gpu_batch_size=4), 64, 8, "cpu")
+    assert est.dtype_bytes == 4  # fp32 on a CPU
+    assert set(est.busy["decode"]) == {"cpu", "disk"}
+
+
+def test_sequence_longer_than_the_model_is_refused():
+    with pytest.raises(ValueError, match="max_seq_len"):
+        estimate(OPT30, PAPER_30B, 2040, 32, T4)
+
+
+def test_block_model_memory_terms_are_what_estimate_reports():
+    model = BlockModel(OPT30, PAPER_30B, 512, 32, T4, 2)
+    x = fractions(PAPER_30B)
+    peak = {t: max(lin.value(x) for lin in lins) for t, lins in model.memory_terms(False).items()}
+    assert peak == pytest.approx(model.evaluate(PAPER_30B).peak_memory)
