@@ -62,12 +62,17 @@ class LLM:
         self.device = tiers.device
         self.scheduler = Scheduler(layers, weights, tiers, policy, spec, dtype)
         self.last_run: dict = {}
+        self.plan = None  # the planner's Plan when the policy was chosen automatically
 
     # -- construction -----------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, name_or_dir: str, policy: Policy | None = None, device=None, dtype=None,
                         offload_dir: str | None = None, dummy_weights: bool = False, memory: dict | None = None,
-                        progress: bool = False) -> "LLM":
+                        progress: bool = False, hardware=None, workload: tuple[int, int] = (512, 32),
+                        compress_weight: bool = False, compress_cache: bool = False) -> "LLM":
+        """Load a model. With `memory` ({"gpu": "16GiB", "cpu": ..., "disk": ...}) and no `policy`,
+        the planner picks the placement for `workload` = (prompt tokens, generated tokens) on
+        `hardware` (a preset name, a profile file, or None: guessed from the device)."""
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' was requested but no CUDA device is available")
@@ -79,7 +84,15 @@ class LLM:
         else:
             path = resolve_checkpoint(str(name_or_dir))
             spec = ModelSpec.from_dir(path)
-        policy = policy or Policy()
+        plan = None
+        if policy is None and memory is not None:
+            from .planner import plan_policy
+
+            itemsize = torch.empty((), dtype=dtype).element_size()
+            plan = plan_policy(spec, workload[0], workload[1], memory, hardware or guess_hardware(device),
+                               dtype_bytes=itemsize, compress_weight=compress_weight, compress_cache=compress_cache)
+            policy = plan.policy
+        policy = policy or Policy(compress_weight=compress_weight, compress_cache=compress_cache)
         if memory is not None:
             check_fits(spec, policy, memory, dtype)
         tiers = TierSet(device, offload_dir)
@@ -100,7 +113,9 @@ class LLM:
             if bar is not None:
                 bar.close()
         tokenizer = _load_tokenizer(path) if path else None
-        return cls(spec, layers, weights, tiers, policy, dtype, tokenizer, path)
+        llm = cls(spec, layers, weights, tiers, policy, dtype, tokenizer, path)
+        llm.plan = plan
+        return llm
 
     def close(self):
         self.scheduler.close()
@@ -250,6 +265,21 @@ class LLM:
         if self.device.type == "cuda":
             stats["device_peak_allocated"] = torch.cuda.max_memory_allocated(self.device)
         return stats
+
+
+def guess_hardware(device: torch.device) -> str:
+    """The preset closest to the compute device (`flexgen-eval profile` measures the real one)."""
+    if device.type != "cuda":
+        return "cpu"
+    name = torch.cuda.get_device_name(device).lower()
+    total = torch.cuda.get_device_properties(device).total_memory
+    if "h100" in name or "h200" in name:
+        return "h100"
+    if "a100" in name:
+        return "a100-80g" if total > 60 * 2**30 else "a100-40g"
+    if "4090" in name:
+        return "rtx4090"
+    return "t4"
 
 
 def check_fits(spec: ModelSpec, policy: Policy, memory: dict, dtype: torch.dtype):

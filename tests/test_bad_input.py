@@ -58,7 +58,7 @@ def test_bad_policy(kwargs, message):
 
 def test_policy_that_does_not_fit_memory(tiny_llama_dir):
     with pytest.raises(ValueError, match=r"weights need .* on gpu, budget is .*short by"):
-        LLM.from_pretrained(tiny_llama_dir, memory={"gpu": "10KiB", "cpu": "1GiB"})
+        LLM.from_pretrained(tiny_llama_dir, policy=Policy(), memory={"gpu": "10KiB", "cpu": "1GiB"})
 
 
 def test_unknown_architecture(tmp_path):
@@ -85,3 +85,21 @@ def test_corrupt_weights(tiny_llama_dir, tmp_path):
 def test_unknown_model_name():
     with pytest.raises(FileNotFoundError, match="not a directory"):
         LLM.from_pretrained("no-such-org/no-such-model-xyz")
+
+
+def test_memory_budget_without_policy_plans_one(tiny_llama_dir, tmp_path):
+    budget = {"gpu": "400KiB", "cpu": "400KiB", "disk": "10MiB"}
+    with LLM.from_pretrained(tiny_llama_dir, memory=budget, offload_dir=str(tmp_path), workload=(16, 4)) as llm:
+        assert llm.plan is not None and llm.policy == llm.plan.policy
+        assert llm.policy.weights[2] > 0  # the weights (~600 KiB fp32) do not fit in memory
+        out = llm.generate([[5, 6, 7]], SamplingParams(max_new_tokens=4, ignore_eos=True))
+        assert len(out[0].outputs[0].token_ids) == 4
+        resident = llm.memory_stats()["peak"]
+        assert resident["gpu"] <= 400 * 1024 and resident["cpu"] <= 400 * 1024
+
+
+def test_impossible_budget_names_the_tier():
+    from flexgen_core.planner import InfeasibleBudget
+
+    with pytest.raises(InfeasibleBudget, match="disk"):
+        LLM.from_pretrained("opt-125m", dummy_weights=True, memory={"gpu": "1MiB", "cpu": "1MiB", "disk": "1MiB"})
