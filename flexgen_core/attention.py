@@ -24,12 +24,22 @@ def prefill_mask(key_valid: torch.Tensor, positions: torch.Tensor, segments: tor
     return mask[:, None]
 
 
-def prefill_attention(q, k, v, mask) -> torch.Tensor:
-    """q [b, h, s, d]; k, v [b, kv, s, d]; grouped heads share their key/value head."""
+def prefill_attention(q, k, v, mask, sparsity: float = 1.0) -> torch.Tensor:
+    """q [b, h, s, d]; k, v [b, kv, s, d]; grouped heads share their key/value head.
+    With sparsity < 1 each query keeps only its top fraction of (unmasked) scores,
+    the same rule decode applies, so scoring sees the approximation it measures."""
     groups = q.shape[1] // k.shape[1]
     if groups > 1:
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    if sparsity >= 1.0:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+    scores = scores.masked_fill(~mask, torch.finfo(torch.float32).min)
+    keep = torch.ceil(mask.sum(-1, keepdim=True).double() * sparsity).long().clamp(min=1)  # per query
+    keep = keep.expand(*scores.shape[:-1], 1)
+    threshold = scores.sort(dim=-1, descending=True).values.gather(-1, keep - 1)
+    scores = scores.masked_fill(scores < threshold, float("-inf"))
+    return torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)
 
 
 def decode_attention_rows(q_rows, k_rows, v_rows, key_valid_rows) -> torch.Tensor:

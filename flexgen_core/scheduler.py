@@ -12,7 +12,7 @@ from typing import Protocol
 import torch
 
 from .attention import prefill_attention
-from .compression import QuantConfig
+from .compression import QuantConfig, dequantize, quantize
 from .io_queue import IOQueue
 from .kv_cache import BlockCache, decode_over_segments
 from .policy import Policy
@@ -94,6 +94,8 @@ class Scheduler:
     def __init__(self, layers, weights, tiers: TierSet, policy: Policy, spec, dtype: torch.dtype):
         self.layers, self.weights, self.tiers, self.policy, self.spec = layers, weights, tiers, policy, spec
         self.dtype = dtype
+        self.cache_quant = (QuantConfig(policy.compression_bits, policy.compression_group_size)
+                            if policy.compress_cache else None)
         self.weight_queue = IOQueue("weights", tiers.device, policy.overlap)
         self.data_queue = IOQueue("data", tiers.device, policy.overlap)
 
@@ -107,9 +109,8 @@ class Scheduler:
         cache = None
         if job.num_steps > 1:
             shapes = [(b, job.prompt_len(k) + job.num_steps - 1) for k, b in enumerate(job.batch_sizes)]
-            quant = QuantConfig(policy.compression_bits, policy.compression_group_size) if policy.compress_cache else None
             cache = BlockCache(self.tiers, spec.num_layers, shapes, spec.num_kv_heads, spec.head_dim, self.dtype,
-                               policy.cache, policy.cpu_attention, quant, policy.attn_sparsity)
+                               policy.cache, policy.cpu_attention, self.cache_quant, policy.attn_sparsity)
         acts = Activations(self.tiers, policy.activations, self.data_queue)
         n_layers = len(self.layers)
         pending_w = self.weight_queue.submit(self.weights.load, 0)
@@ -170,7 +171,11 @@ class Scheduler:
             if step == 0:
                 if k not in masks:
                     masks[k] = job.prefill_mask(k, window)
-                out = prefill_attention(q, new_k, new_v, masks[k])
+                seen_k, seen_v = new_k, new_v
+                if self.cache_quant is not None:  # attend to what the cache will give back
+                    seen_k = dequantize(quantize(new_k, self.cache_quant), new_k.shape[-1], self.cache_quant, new_k.dtype)
+                    seen_v = dequantize(quantize(new_v, self.cache_quant), new_v.shape[-1], self.cache_quant, new_v.dtype)
+                out = prefill_attention(q, seen_k, seen_v, masks[k], self.policy.attn_sparsity)
                 if cache is not None:
                     self.data_queue.submit(cache.store_prefill, layer_index, k, new_k, new_v)
                 return out

@@ -69,7 +69,11 @@ def baselines(tiny_llama_dir, tmp_path_factory):
 @pytest.mark.parametrize("name", list(POLICIES))
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
 def test_compressed_outputs_identical_across_policies(tiny_llama_dir, baselines, name, sparse, tmp_path):
-    policy = POLICIES[name].with_(attn_sparsity=0.3) if sparse else POLICIES[name]
+    policy = POLICIES[name]
+    if sparse:
+        # Top-k selection is discontinuous: a block shape that pads rows differently moves scores
+        # by ~1e-7 and can flip a near-tie, so sparse runs vary placement and overlap, not padding.
+        policy = policy.with_(attn_sparsity=0.3, gpu_batch_size=8, num_gpu_batches=1)
     base, _ = baselines["sparse" if sparse else "compressed"]
     got, stats = _run(tiny_llama_dir, policy, tmp_path)
     for b, g in zip(base, got):
@@ -92,3 +96,26 @@ def test_compression_changes_results_a_little_and_saves_memory(baselines):
 def test_sparsity_one_is_dense(tiny_llama_dir, baselines, tmp_path):
     got, _ = _run(tiny_llama_dir, POLICIES["device"].with_(attn_sparsity=1.0), tmp_path)
     assert [g.outputs[0].token_ids for g in got] == [b.outputs[0].token_ids for b in baselines["compressed"][0]]
+
+
+def test_cache_compression_and_sparsity_apply_to_scoring(tiny_llama_dir):
+    pairs = [([5, 17, 33, 40, 41, 42, 43, 44], [45, 46, 47]), ([100, 101, 102, 103, 104, 105], [106, 107])]
+    results = {}
+    for name, policy in {"plain": Policy(), "cache4": Policy(compress_cache=True),
+                         "sparse": Policy(attn_sparsity=0.3)}.items():
+        with LLM.from_pretrained(tiny_llama_dir, policy=policy) as llm:
+            results[name] = [s.logprobs for s in llm.score(pairs)]
+    for name in ("cache4", "sparse"):
+        diffs = [abs(a - b) for p, q in zip(results["plain"], results[name]) for a, b in zip(p, q)]
+        assert 0 < max(diffs) < 2.0
+
+
+def test_sparse_prefill_matches_sparse_decode(tiny_llama_dir):
+    """The top-k rule is the same in both phases: scoring a generated continuation gives
+    the log-probs generation reported."""
+    policy = Policy(attn_sparsity=0.4, compress_cache=True)
+    with LLM.from_pretrained(tiny_llama_dir, policy=policy) as llm:
+        prompt = [5, 17, 33, 40, 41, 42, 43, 44, 45, 46]
+        gen = llm.generate([prompt], SamplingParams(max_new_tokens=6, ignore_eos=True))[0].outputs[0]
+        scored = llm.score([(prompt, gen.token_ids)])[0]
+        assert scored.logprobs == pytest.approx(gen.logprobs, abs=1e-4)
