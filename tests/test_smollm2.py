@@ -23,16 +23,25 @@ def hf_model(smollm2_dir):
 TEXTS = ["The capital of France is", "def fibonacci(n):\n    ", "Once upon a time, in a small village,"]
 
 
+@pytest.fixture(scope="module")
+def references(smollm2_dir, hf_model):
+    """HF's greedy tokens and log-probs for each prompt, computed once for all policies."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    prompts = [tok(t)["input_ids"] for t in TEXTS]
+    return prompts, [hf_reference.greedy(hf_model, p, 32) for p in prompts]
+
+
 @pytest.mark.parametrize("policy", [Policy(gpu_batch_size=2, num_gpu_batches=2),
                                     Policy(weights=(20, 30, 50), cache=(0, 50, 50), cpu_attention=True,
                                            gpu_batch_size=2, num_gpu_batches=2)],
                          ids=["resident", "half-on-disk"])
-def test_greedy_and_logprobs_match_hf(smollm2_dir, hf_model, policy, tmp_path):
+def test_greedy_and_logprobs_match_hf(smollm2_dir, hf_model, references, policy, tmp_path):
+    prompts, expected = references
     with LLM.from_pretrained(smollm2_dir, policy=policy, offload_dir=str(tmp_path)) as llm:
-        prompts = [llm.tokenizer(t)["input_ids"] for t in TEXTS]
         outs = llm.generate(prompts, SamplingParams(max_new_tokens=32, ignore_eos=True))
-        for prompt, out in zip(prompts, outs):
-            tokens, logprobs = hf_reference.greedy(hf_model, prompt, 32)
+        for (tokens, logprobs), out in zip(expected, outs):
             assert out.outputs[0].token_ids == tokens
             assert out.outputs[0].logprobs == pytest.approx(logprobs, abs=1e-4)
         assert outs[0].outputs[0].text.startswith(" Paris")
