@@ -96,26 +96,29 @@ class GenerationJob(_PaddedBatches):
 
     def consume(self, step, k, rows, logits):
         group = self.groups[k][rows]
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        chosen = []
+        # One device round trip per step, not one per row: choose greedy rows together.
+        if self.params.greedy:
+            chosen = logits.argmax(-1).tolist()
+        else:
+            chosen = [self.samplers[i].choose(logits[r]) if self.finish[i] is None else 0 for r, i in enumerate(group)]
+        need_logprobs = self.params.logprobs or self.params.top_logprobs
+        logprobs = torch.log_softmax(logits.float(), dim=-1) if need_logprobs else None
+        picked = logprobs.gather(1, torch.tensor(chosen, device=logits.device)[:, None])[:, 0].tolist() \
+            if self.params.logprobs else None
+        top = torch.topk(logprobs, self.params.top_logprobs) if self.params.top_logprobs else None
         for r, i in enumerate(group):
             if self.finish[i] is not None:
-                chosen.append(self.tokens[i][-1] if self.tokens[i] else 0)
+                chosen[r] = self.tokens[i][-1] if self.tokens[i] else 0  # finished rows idle until the block ends
                 continue
-            token = self.samplers[i].choose(logits[r])
-            chosen.append(token)
+            token = chosen[r]
             self.tokens[i].append(token)
-            if self.params.logprobs:
-                self.logprobs[i].append(float(logprobs[r, token]))
-            if self.params.top_logprobs:
-                vals, idx = torch.topk(logprobs[r], self.params.top_logprobs)
-                self.top[i].append({int(t): float(v) for t, v in zip(idx.tolist(), vals.tolist())})
+            if picked is not None:
+                self.logprobs[i].append(picked[r])
+            if top is not None:
+                self.top[i].append(dict(zip(top.indices[r].tolist(), top.values[r].tolist())))
             self._check_stop(i, token)
-        ids = torch.tensor(chosen, dtype=torch.long, device=self.device)
-        if rows.start == 0:
-            self._next[k] = ids[:, None]
-        else:
-            self._next[k] = torch.cat([self._next[k], ids[:, None]])
+        ids = torch.tensor(chosen, dtype=torch.long, device=self.device)[:, None]
+        self._next[k] = ids if rows.start == 0 else torch.cat([self._next[k], ids])
 
     def _check_stop(self, i, token):
         if token in self.stop_ids:

@@ -77,8 +77,7 @@ class TierSet:
 
     # -- allocation ------------------------------------------------------------------
     def host_empty(self, shape, dtype) -> torch.Tensor:
-        t = torch.empty(shape, dtype=dtype)
-        return t.pin_memory() if self.on_cuda else t
+        return torch.empty(shape, dtype=dtype, pin_memory=self.on_cuda)
 
     def memory(self, tier: str, shape, dtype) -> torch.Tensor:
         if tier == "gpu":
