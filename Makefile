@@ -14,7 +14,7 @@ venv: $(STAMP)
 # torch stays pinned through constraints.txt so that crfm-helm cannot swap in a
 # CUDA build; torchvision is removed when it cannot import next to our torch
 # (transformers imports it whenever it is installed).
-$(STAMP): setup.cfg pyproject.toml constraints.txt
+$(STAMP): setup.cfg setup.py pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt "torch==2.13.0"

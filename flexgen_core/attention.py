@@ -24,15 +24,28 @@ def prefill_mask(key_valid: torch.Tensor, positions: torch.Tensor, segments: tor
     return mask[:, None]
 
 
-def prefill_attention(q, k, v, mask, sparsity: float = 1.0) -> torch.Tensor:
+def causal_mask_from_pads(pads: list[int], s: int, device) -> torch.Tensor:
+    valid = torch.arange(s, device=device)[None, :] >= torch.tensor(pads, device=device)[:, None]
+    idx = torch.arange(s, device=device)
+    return prefill_mask(valid, idx.expand(len(pads), s))
+
+
+def prefill_attention(q, k, v, mask=None, pads: list[int] | None = None, sparsity: float = 1.0) -> torch.Tensor:
     """q [b, h, s, d]; k, v [b, kv, s, d]; grouped heads share their key/value head.
-    With sparsity < 1 each query keeps only its top fraction of (unmasked) scores,
-    the same rule decode applies, so scoring sees the approximation it measures."""
+
+    Plain causal attention over left-padded rows (`pads`, no mask) runs the fused causal
+    kernel on each run of equally padded rows, skipping the padding instead of masking it;
+    packed or windowed rows pass an explicit `mask`. With sparsity < 1 each query keeps only
+    its top fraction of (unmasked) scores, the rule decode applies, so scoring measures it."""
+    if mask is None and sparsity >= 1.0:
+        return _causal_over_pads(q, k, v, pads or [0] * q.shape[0])
+    if mask is None:
+        mask = causal_mask_from_pads(pads or [0] * q.shape[0], q.shape[2], q.device)
+    if sparsity >= 1.0:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
     groups = q.shape[1] // k.shape[1]
     if groups > 1:
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    if sparsity >= 1.0:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     scores = torch.matmul(q, k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
     scores = scores.masked_fill(~mask, torch.finfo(torch.float32).min)
     keep = torch.ceil(mask.sum(-1, keepdim=True).double() * sparsity).long().clamp(min=1)  # per query
@@ -40,6 +53,22 @@ def prefill_attention(q, k, v, mask, sparsity: float = 1.0) -> torch.Tensor:
     threshold = scores.sort(dim=-1, descending=True).values.gather(-1, keep - 1)
     scores = scores.masked_fill(scores < threshold, float("-inf"))
     return torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)
+
+
+def _causal_over_pads(q, k, v, pads: list[int]) -> torch.Tensor:
+    if not any(pads):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    out = torch.zeros_like(q)  # padded query positions produce zeros; no real token attends them
+    start = 0
+    while start < len(pads):
+        end = start
+        while end < len(pads) and pads[end] == pads[start]:
+            end += 1
+        p = pads[start]
+        out[start:end, :, p:] = F.scaled_dot_product_attention(
+            q[start:end, :, p:], k[start:end, :, p:], v[start:end, :, p:], is_causal=True, enable_gqa=True)
+        start = end
+    return out
 
 
 def decode_attention_rows(q_rows, k_rows, v_rows, key_valid_rows) -> torch.Tensor:

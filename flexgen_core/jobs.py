@@ -21,7 +21,7 @@ class _PaddedBatches:
         self.groups = [list(range(i, min(i + gpu_batch_size, len(rows)))) for i in range(0, len(rows), gpu_batch_size)]
         self.batch_sizes = [len(g) for g in self.groups]
         self.prompt_lens, self.prompts, self.valid, self.real_lens = [], [], [], []
-        self.packed_positions, self.segments = [], []
+        self.packed_positions, self.segments, self.pad_counts = [], [], []
         for group in self.groups:
             width = max(len(rows[i]) for i in group)
             ids = torch.full((len(group), width), pad_id, dtype=torch.long)
@@ -31,6 +31,7 @@ class _PaddedBatches:
                 ids[r, width - n:] = torch.tensor(rows[i], dtype=torch.long)
                 valid[r, width - n:] = True  # the prompt and every token decoded after it
             self.prompt_lens.append(width)
+            self.pad_counts.append([width - len(rows[i]) for i in group])
             self.prompts.append(ids.to(device))
             self.valid.append(valid.to(device))
             self.real_lens.append(torch.tensor([len(rows[i]) for i in group], device=device))
@@ -67,9 +68,16 @@ class _PaddedBatches:
     def key_valid(self, step: int, k: int) -> torch.Tensor:
         return self.valid[k][:, : self.prompt_lens[k] + step]
 
-    def prefill_mask(self, k: int, window: int | None) -> torch.Tensor:
+    def prefill_mask(self, k: int, window: int | None) -> torch.Tensor | None:
+        """An explicit mask for packed rows or a window shorter than the rows; None when plain
+        causal attention over the left padding (`pads`) says it all."""
         segments = self.segments[k] if self.segments else None
+        if segments is None and (window is None or self.prompt_lens[k] <= window):
+            return None
         return prefill_mask(self.key_valid(0, k), self.inputs(0, k)[1], segments, window)
+
+    def pads(self, k: int) -> list[int]:
+        return self.pad_counts[k]
 
     def next_tokens(self, k: int) -> torch.Tensor:
         raise NotImplementedError

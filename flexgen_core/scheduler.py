@@ -30,7 +30,8 @@ class Job(Protocol):
     def prompt_len(self, k: int) -> int: ...
     def inputs(self, step: int, k: int) -> tuple[torch.Tensor, torch.Tensor]: ...  # token ids, positions
     def key_valid(self, step: int, k: int) -> torch.Tensor: ...  # [b, keys] bool
-    def prefill_mask(self, k: int, window: int | None) -> torch.Tensor: ...  # [b, 1, s, s] bool
+    def prefill_mask(self, k: int, window: int | None) -> torch.Tensor | None: ...  # [b, 1, s, s] bool
+    def pads(self, k: int) -> list[int]: ...  # left padding of each row
     def select(self, step: int, k: int) -> torch.Tensor | None: ...
     def consume(self, step: int, k: int, rows: slice, logits: torch.Tensor) -> None: ...
     def done(self) -> bool: ...
@@ -175,7 +176,7 @@ class Scheduler:
                 if self.cache_quant is not None:  # attend to what the cache will give back
                     seen_k = dequantize(quantize(new_k, self.cache_quant), new_k.shape[-1], self.cache_quant, new_k.dtype)
                     seen_v = dequantize(quantize(new_v, self.cache_quant), new_v.shape[-1], self.cache_quant, new_v.dtype)
-                out = prefill_attention(q, seen_k, seen_v, masks[k], self.policy.attn_sparsity)
+                out = prefill_attention(q, seen_k, seen_v, masks[k], job.pads(k), self.policy.attn_sparsity)
                 if cache is not None:
                     self.data_queue.submit(cache.store_prefill, layer_index, k, new_k, new_v)
                 return out

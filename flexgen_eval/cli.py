@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "flexgen_eval.commands.demo",
     "flexgen_eval.commands.plan",
     "flexgen_eval.commands.profile",
+    "flexgen_eval.commands.helm_config",
 ]
 
 

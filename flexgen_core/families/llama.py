@@ -94,6 +94,7 @@ class Rotary:
             inv_freq = self._llama3(inv_freq, scaling)
         self.inv_freq = inv_freq
         self._device_cache: dict = {}
+        self._last = None
 
     @staticmethod
     def _llama3(inv_freq, cfg):
@@ -107,12 +108,18 @@ class Rotary:
         return torch.where(medium, smoothed, scaled)
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype):
+        # Every layer of a step sees the same positions tensor: compute its rotation once.
+        last = self._last
+        if last is not None and last[0] is positions and last[1] == dtype:
+            return last[2]
         inv = self._device_cache.get(positions.device)
         if inv is None:
             inv = self._device_cache[positions.device] = self.inv_freq.to(positions.device)
         freqs = positions.float()[..., None] * inv
         emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]  # [b, 1, s, d]
+        result = emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]  # [b, 1, s, d]
+        self._last = (positions, dtype, result)
+        return result
 
     @staticmethod
     def apply(x, cos, sin):
