@@ -1,0 +1,128 @@
+"""FlexGenClient: HELM's `CachingClient` over the flexgen runtime.
+
+A translator plus a cache key: requests become runtime calls (translate.py), calls run in
+batches (execute.py), either gathered across HELM's threads (batcher.py) or handed over a
+whole run spec at a time by the batching runner (runner.py calls `prefetch`).
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+from helm.clients.client import CachingClient
+from helm.common.cache import CacheConfig, create_key_value_store
+from helm.common.hierarchical_logger import hlog
+from helm.common.request import EMBEDDING_UNAVAILABLE_REQUEST_RESULT, Request, RequestResult
+
+from .batcher import MicroBatcher
+from .execute import run_calls
+from .models import load_llm, policy_from_args
+from .translate import BadRequest, Call, build_call, cache_key, prompt_text, to_result
+
+
+class FlexGenClient(CachingClient):
+    def __init__(self, cache_config: CacheConfig, model: str, policy: dict | None = None, percent=None,
+                 memory: dict | None = None, dtype: str | None = None, device: str | None = None,
+                 offload_dir: str | None = None, apply_chat_template: bool | None = None,
+                 end_of_text_token: str | None = None, max_batch: int = 256, prefetch_chunk: int | None = None):
+        super().__init__(cache_config=cache_config)
+        pol = policy_from_args(policy, percent)
+        start = time.time()
+        self.shared = load_llm(model, pol, dtype=dtype, device=device, memory=memory, offload_dir=offload_dir)
+        load_s = time.time() - start
+        llm = self.shared.llm
+        self.tokenizer = llm.tokenizer
+        self.end_of_text_token = end_of_text_token
+        if apply_chat_template is None:
+            # HELM's HuggingFace client decides the same way, so both see the same prompts.
+            apply_chat_template = bool(getattr(self.tokenizer, "chat_template", None))
+            hlog(f"flexgen: apply_chat_template={apply_chat_template} (from the tokenizer; set it in the "
+                 "deployment args to override)")
+        self.apply_chat_template = apply_chat_template
+        self.identity = {"engine": "flexgen", "model": str(model), "dtype": str(llm.dtype).replace("torch.", "")}
+        if llm.policy.compress_weight or llm.policy.compress_cache:
+            p = llm.policy
+            self.identity["compression"] = [p.compress_weight, p.compress_cache, p.compression_bits,
+                                            p.compression_group_size]
+        if llm.policy.attn_sparsity < 1:
+            self.identity["attn_sparsity"] = llm.policy.attn_sparsity
+        self.prefetch_chunk = prefetch_chunk or max(64, 4 * llm.policy.block_size)
+        shared = self.shared
+        self.batcher = shared.shared_batcher(lambda: MicroBatcher(lambda calls: run_calls(shared, calls), max_batch))
+        self._prefetched: dict[str, dict] = {}  # responses computed by `prefetch`, by cache key
+        self._prefetched_lock = threading.Lock()
+        hlog(f"flexgen: {model} ({llm.policy.describe()}, {self.identity['dtype']}, {llm.device}) "
+             f"ready in {load_s:.2f}s")
+
+    # -- one request (HELM's executor, any thread) -----------------------------------------
+    def prepare(self, request: Request) -> tuple[Call, dict]:
+        """The runtime call and the cache key; BadRequest for what can never succeed."""
+        with self.shared.tokenizer_lock:
+            prompt = prompt_text(request, self.tokenizer, self.apply_chat_template)
+            call = build_call(request, prompt, self.tokenizer, self.shared.llm.spec.max_seq_len,
+                              self.end_of_text_token)
+        return call, CachingClient.make_cache_key(cache_key(request, prompt, self.identity), request)
+
+    def make_request(self, request: Request) -> RequestResult:
+        if request.embedding:
+            return EMBEDDING_UNAVAILABLE_REQUEST_RESULT
+        call, key = self.prepare(request)  # BadRequest propagates: HELM does not retry it
+        with self._prefetched_lock:
+            response = self._prefetched.get(_key_str(key))
+        if response is not None:
+            return to_result(response, cached=False)
+        if self.cache is None:
+            return to_result(self.batcher.submit(call), cached=False)
+        response, cached = self.cache.get(key, lambda: self.batcher.submit(call))
+        return to_result(response, cached)
+
+    # -- a whole run spec (BatchingRunner) ------------------------------------------------
+    def prefetch(self, requests: list[Request]) -> int:
+        """Compute every request not in the cache, in chunks of similar calls; each finished chunk
+        is written to HELM's cache at once, so a killed run resumes where it stopped."""
+        todo: dict[str, tuple[Call, dict]] = {}
+        with self._prefetched_lock:
+            self._prefetched.clear()  # only the current run spec's responses are kept in memory
+        with self._store() as store:
+            for request in requests:
+                if request.embedding:
+                    continue
+                try:
+                    call, key = self.prepare(request)
+                except BadRequest:
+                    continue  # make_request reports it
+                k = _key_str(key)
+                if k not in todo and (store is None or not store.contains(key)):
+                    todo[k] = (call, key)
+        if not todo:
+            return 0
+        # Same sampling settings together, longest prompts first: few runtime calls, little padding.
+        items = sorted(todo.items(), key=lambda kv: (str(kv[1][0].params), kv[1][0].echo, -len(kv[1][0].prompt_ids)))
+        hlog(f"flexgen: {len(items)} of {len(requests)} requests to compute, in chunks of {self.prefetch_chunk}")
+        for start in range(0, len(items), self.prefetch_chunk):
+            chunk = items[start:start + self.prefetch_chunk]
+            responses = run_calls(self.shared, [call for _, (call, _) in chunk])
+            with self._store() as store:
+                if store is not None:
+                    store.multi_put([(key, r) for (_, (_, key)), r in zip(chunk, responses)])
+            with self._prefetched_lock:
+                self._prefetched.update({k: r for (k, _), r in zip(chunk, responses)})
+        return len(items)
+
+    def _store(self):
+        if self.cache is None:
+            return _NoStore()
+        return create_key_value_store(self.cache.config)
+
+
+class _NoStore:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _key_str(key) -> str:
+    return json.dumps(key, sort_keys=True)

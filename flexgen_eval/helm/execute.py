@@ -1,0 +1,77 @@
+"""Run many Calls as few runtime calls: one scoring pass for every echoed prompt, one
+`generate` per distinct set of sampling parameters. Returns HELM-cacheable JSON dicts."""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+from helm.common.hierarchical_logger import hlog
+
+from .translate import Call
+
+
+def run_calls(shared, calls: list[Call], log=hlog) -> list[dict]:
+    llm = shared.llm
+    start = time.time()
+    prompt_lps, generated, shapes = {}, {}, []
+    with shared.lock:
+        echo = [i for i, c in enumerate(calls) if c.echo]
+        if echo:
+            scored = llm.prompt_logprobs([list(calls[i].prompt_ids) for i in echo])
+            for i, lps in zip(echo, scored):
+                prompt_lps[i] = [0.0] + [float(x) for x in lps[1:]]  # HELM: the first token has no context
+            shapes.append(f"score {len(echo)}")
+        groups = defaultdict(list)
+        for i, c in enumerate(calls):
+            if c.params is not None:
+                groups[c.params].append(i)
+        for params, idx in groups.items():
+            outs = llm.generate([list(calls[i].prompt_ids) for i in idx], params)
+            for i, out in zip(idx, outs):
+                generated[i] = out.outputs
+            shapes.append(f"generate {len(idx)}x{params.n} (max_tokens={params.max_new_tokens})")
+        eos = set(llm.spec.eos_token_ids) | {llm.tokenizer.eos_token_id}
+        with shared.tokenizer_lock:
+            responses = [_response(llm.tokenizer, eos, c, prompt_lps.get(i), generated.get(i))
+                         for i, c in enumerate(calls)]
+    seconds = time.time() - start
+    if shapes:
+        log(f"flexgen: batch of {len(calls)} requests ({', '.join(shapes)}) in {seconds:.2f}s")
+    for r in responses:
+        # Amortised: the batch's time shared among its requests, so HELM's sums add up to the wall time.
+        r.update(request_time=seconds / len(calls), request_datetime=int(start), batch_size=len(calls))
+    return responses
+
+
+def _response(tokenizer, eos: set, call: Call, prompt_lps, outputs) -> dict:
+    prefix_text, prefix_tokens, prefix_lps = "", [], []
+    if call.echo:
+        prefix_text = tokenizer.decode(list(call.prompt_ids))
+        prefix_tokens = [tokenizer.decode([t]) for t in call.prompt_ids]
+        prefix_lps = prompt_lps
+    if outputs is None:  # max_tokens == 0: the prompt (if echoed) is the whole completion
+        one = {"text": prefix_text, "tokens": prefix_tokens, "logprobs": prefix_lps, "finish_reason": "length"}
+        return {"completions": [dict(one) for _ in range(call.num_completions)]}
+    completions = []
+    for out in outputs:
+        text, tokens, lps, reason = _completion(tokenizer, eos, out, call.stop)
+        completions.append({"text": prefix_text + text, "tokens": prefix_tokens + tokens,
+                            "logprobs": prefix_lps + lps, "finish_reason": reason})
+    return {"completions": completions}
+
+
+def _completion(tokenizer, eos: set, out, stops: tuple[str, ...]):
+    """Text cut before the first stop string, tokens that lie inside that text, their log-probs."""
+    ids, lps, reason = list(out.token_ids), [float(x) for x in out.logprobs], out.finish_reason
+    if ids and ids[-1] in eos:
+        ids, lps, reason = ids[:-1], lps[:-1], "endoftext"
+    # Decoded with special tokens, as HELM's HF client does, then cut like its truncate_sequence.
+    text = tokenizer.decode(ids)
+    cuts = [text.index(s) for s in stops if s in text]
+    if cuts:
+        text, reason = text[: min(cuts)], "stop"
+        keep = len(ids)
+        while keep > 0 and len(tokenizer.decode(ids[:keep])) > len(text):
+            keep -= 1
+        ids, lps = ids[:keep], lps[:keep]
+    return text, [tokenizer.decode([t]) for t in ids], lps, reason

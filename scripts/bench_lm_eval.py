@@ -1,0 +1,182 @@
+"""Wall time of `lm_eval --model hf --batch_size 16` vs `lm_eval --model flexgen` on the same tasks,
+with the metrics and per-sample log-likelihoods of both compared. Writes results/lm_eval_cpu.{md,json}.
+
+    FLEXGEN_DATA_DIR=../shared/data .venv/bin/python scripts/bench_lm_eval.py            # the issue's sizes
+    FLEXGEN_DATA_DIR=../shared/data .venv/bin/python scripts/bench_lm_eval.py --scale 0.1  # a reduced run
+
+Each run is a separate `lm_eval` process, so wall time includes start-up and model loading for both.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# task -> documents, as in issue 6's "done when"
+TASKS = {"offline_arc_easy": 500, "offline_lambada_openai": 1000, "offline_hellaswag": 500, "offline_wikitext": 20,
+         "offline_mmlu_abstract_algebra": 100, "offline_mmlu_management": 103}
+# HF materialises [batch, 8192, vocab] fp32 logits for wikitext: batch 16 needs ~26 GB (FACTS.md), so 4 there
+HF_BATCH = {"offline_wikitext": 4}
+
+
+def lm_eval_command(model: str, model_args: str, task: str, limit: int, out_dir: str, batch_size: int) -> list[str]:
+    return [os.path.join(os.path.dirname(sys.executable), "lm_eval"), "--model", model, "--model_args", model_args,
+            "--tasks", task, "--include_path", os.path.join(REPO, "scenarios", "lm_eval"), "--limit", str(limit),
+            "--batch_size", str(batch_size), "--device", "cpu", "--log_samples", "--output_path", out_dir]
+
+
+def run(cmd: list[str], log_path: str) -> float:
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    return time.perf_counter() - start
+
+
+def load_outputs(out_dir: str, task: str) -> tuple[dict, list[dict]]:
+    results = sorted(glob.glob(os.path.join(out_dir, "**", "results_*.json"), recursive=True))[-1]
+    samples = sorted(glob.glob(os.path.join(out_dir, "**", f"samples_{task}_*.jsonl"), recursive=True))[-1]
+    with open(results) as f:
+        metrics = {k: v for k, v in json.load(f)["results"][task].items() if "stderr" not in k and k != "alias"}
+    with open(samples) as f:
+        rows = sorted((json.loads(line) for line in f), key=lambda r: r["doc_id"])
+    return metrics, rows
+
+
+def sample_difference(a: list[dict], b: list[dict]) -> tuple[float, int]:
+    """Largest |log-likelihood difference| over all responses, and how many other fields differ
+    (greedy flags, generated text). The samples files store every field as a string."""
+    worst, mismatched = 0.0, 0
+    for x, y in zip(a, b, strict=True):
+        for vx, vy in zip(_leaves(x["resps"]), _leaves(y["resps"]), strict=True):
+            if _is_number(vx) and _is_number(vy):
+                worst = max(worst, abs(float(vx) - float(vy)))
+            else:
+                mismatched += vx != vy
+    return worst, mismatched
+
+
+def _leaves(value) -> list:
+    if isinstance(value, (list, tuple)):
+        return [leaf for item in value for leaf in _leaves(item)]
+    return [value]
+
+
+def _is_number(text) -> bool:
+    if isinstance(text, bool):
+        return False
+    try:
+        float(text)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def same_metrics(a: dict, b: dict) -> bool:
+    def close(x, y):
+        if isinstance(x, (int, float)) and isinstance(y, (int, float)):
+            return math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-9)
+        return x == y
+
+    return a.keys() == b.keys() and all(close(a[k], b[k]) for k in a)
+
+
+def machine() -> dict:
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import torch
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem / 2**30, 1), "python": platform.python_version(),
+            "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m", help="checkpoint dir or embedded model name")
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of each task's documents to run")
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of " + ",".join(TASKS))
+    parser.add_argument("--flexgen_args", default="", help="extra flexgen model_args, e.g. gpu_batch_size=32")
+    parser.add_argument("--out", default=os.path.join(REPO, "results"), help="where lm_eval_cpu.{md,json} go")
+    parser.add_argument("--work", default="/tmp/flexgen-bench-lm-eval", help="lm_eval outputs and logs")
+    args = parser.parse_args()
+    if not os.environ.get("FLEXGEN_DATA_DIR"):
+        parser.error("FLEXGEN_DATA_DIR is not set: point it at the shared benchmark data")
+    from flexgen_core.llm import resolve_checkpoint
+
+    model_dir = resolve_checkpoint(args.model)
+    rows = []
+    for task in args.tasks.split(","):
+        if task not in TASKS:
+            parser.error(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+        limit = max(1, round(TASKS[task] * args.scale))
+        row = {"task": task, "limit": limit}
+        # the same command for both but --model: flexgen reads an explicit --batch_size as gpu_batch_size
+        batch = HF_BATCH.get(task, 16)
+        for model, extra in (("hf", ""), ("flexgen", args.flexgen_args)):
+            model_args = f"pretrained={model_dir},dtype=float32" + (f",{extra}" if extra else "")
+            out_dir = os.path.join(args.work, model, task)
+            cmd = lm_eval_command(model, model_args, task, limit, out_dir, batch)
+            print(f"[{task}] {model}: {' '.join(cmd)}", flush=True)
+            row[f"{model}_seconds"] = run(cmd, out_dir + ".log")
+            row[f"{model}_command"] = " ".join(cmd)
+            row[f"{model}_metrics"], row[f"{model}_samples"] = load_outputs(out_dir, task)
+        row["speedup"] = row["hf_seconds"] / row["flexgen_seconds"]
+        row["identical_metrics"] = same_metrics(row["hf_metrics"], row["flexgen_metrics"])
+        row["max_loglik_diff"], row["mismatched_responses"] = sample_difference(row.pop("hf_samples"),
+                                                                                 row.pop("flexgen_samples"))
+        print(f"[{task}] hf {row['hf_seconds']:.1f}s flexgen {row['flexgen_seconds']:.1f}s "
+              f"x{row['speedup']:.2f} identical={row['identical_metrics']}", flush=True)
+        rows.append(row)
+    report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "command": " ".join([os.path.relpath(sys.executable, REPO)] + sys.argv), "model": model_dir,
+              "scale": args.scale, "machine": machine(), "runs": rows}
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "lm_eval_cpu.json"), "w") as f:
+        json.dump(report, f, indent=1, default=str)
+    with open(os.path.join(args.out, "lm_eval_cpu.md"), "w") as f:
+        f.write(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        "# lm-eval on CPU: `--model hf --batch_size 16` vs `--model flexgen`", "",
+        f"- date: {report['date']}",
+        f"- command: `{report['command']}`",
+        f"- model: `{report['model']}` (fp32)",
+        f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, torch {m['torch']}, GPU: {m['gpu']}",
+        f"- documents: {report['scale']:g} x the issue's sizes; wall time of whole `lm_eval` processes "
+        "(start-up and model load included); the same `--batch_size` for both (flexgen: its gpu_batch_size), "
+        "4 for wikitext (HF needs ~26 GB at 16)", "",
+        "| task | docs | hf s | flexgen s | speed-up | identical metrics | max per-sample loglik diff | other mismatches |",
+        "|---|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for r in report["runs"]:
+        lines.append(f"| {r['task']} | {r['limit']} | {r['hf_seconds']:.1f} | {r['flexgen_seconds']:.1f} | "
+                     f"{r['speedup']:.2f}x | {'yes' if r['identical_metrics'] else 'NO'} | "
+                     f"{r['max_loglik_diff']:.2e} | {r['mismatched_responses']} |")
+    lines += ["", "Speed-ups come from prefix sharing (each multiple-choice context computed once); tasks "
+              "with one continuation per context run at the runtime's own speed. Timings from a shared "
+              "machine vary run to run: rerun before quoting them.", "", "Metrics (hf / flexgen):", ""]
+    for r in report["runs"]:
+        lines.append(f"- {r['task']}: {json.dumps(r['hf_metrics'])} / {json.dumps(r['flexgen_metrics'])}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
