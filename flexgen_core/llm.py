@@ -62,6 +62,7 @@ class LLM:
         self.device = tiers.device
         self.scheduler = Scheduler(layers, weights, tiers, policy, spec, dtype)
         self.last_run: dict = {}
+        self.totals: dict = {}  # per kind ("generate", "score"): calls, rows, tokens (generated or scored), seconds
         self.plan = None  # the planner's Plan when the policy was chosen automatically
 
     # -- construction -----------------------------------------------------------------
@@ -257,6 +258,11 @@ class LLM:
         seconds = time.perf_counter() - start
         self.last_run = {"kind": kind, "seconds": seconds, "tokens": tokens, "rows": rows,
                          "tokens_per_s": tokens / seconds if seconds > 0 else 0.0}
+        totals = self.totals.setdefault(kind, {"calls": 0, "rows": 0, "tokens": 0, "seconds": 0.0})
+        totals["calls"] += 1
+        totals["rows"] += rows
+        totals["tokens"] += tokens
+        totals["seconds"] += seconds
 
     def memory_stats(self) -> dict:
         """Bytes resident, peak, read and written per tier since the model was loaded; on CUDA also

@@ -18,6 +18,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from flexgen_core import LLM, Policy, SamplingParams
+from flexgen_eval import run_stats
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class FlexGenLM(TemplateLM):
             llm = LLM.from_pretrained(str(pretrained), policy=policy, device=resolve_device(device), dtype=dtype,
                                       offload_dir=offload_dir, dummy_weights=_as_bool("dummy_weights", dummy_weights),
                                       memory=memory or None)
+            run_stats.track(llm, "lm_eval")
         self.llm = llm
         self._device = llm.device
         self.tokenizer = self._load_tokenizer(tokenizer, add_bos_token)

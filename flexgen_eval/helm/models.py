@@ -50,6 +50,9 @@ def load_llm(model: str, policy=None, dtype=None, device=None, memory: dict | No
         if key not in _loaded:
             llm = LLM.from_pretrained(model, policy=policy, device=device, dtype=dtype, offload_dir=offload_dir,
                                       memory=memory)
+            from flexgen_eval import run_stats
+
+            run_stats.track(llm, "helm")
             if llm.tokenizer is None:
                 llm.close()
                 raise ValueError(f"model {model!r} has no tokenizer files; HELM needs one to read prompts")
