@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "flexgen_eval.commands.plan",
     "flexgen_eval.commands.profile",
     "flexgen_eval.commands.helm_config",
+    "flexgen_eval.commands.bench",
 ]
 
 

@@ -1,0 +1,103 @@
+"""HF models for the baselines: a checkpoint directory (real, or dummy built from a built-in config),
+and the working memory an HF `generate` call needs beside its weights.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import torch
+
+from flexgen_core.spec import BUILTIN_CONFIGS, ModelSpec
+
+DUMMY_DONE = ".flexgen-bench-dummy"
+
+
+def resolve_model(name_or_dir: str, dummy: bool) -> tuple[ModelSpec, str | None]:
+    """(spec, checkpoint dir or None). Dummy weights of a built-in size need no directory."""
+    key = str(name_or_dir).split("/")[-1].lower()
+    if dummy and not os.path.isdir(name_or_dir) and key in BUILTIN_CONFIGS:
+        return ModelSpec.from_name(key), None
+    from flexgen_core.llm import resolve_checkpoint
+
+    path = resolve_checkpoint(str(name_or_dir))
+    return ModelSpec.from_dir(path), path
+
+
+def hf_config(spec: ModelSpec, path: str | None):
+    from transformers import AutoConfig
+
+    if path is not None:
+        return AutoConfig.from_pretrained(path)
+    cfg = dict(BUILTIN_CONFIGS[spec.name])
+    return AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+
+
+def dummy_checkpoint(spec: ModelSpec, dtype: torch.dtype, cache_dir: str) -> str:
+    """A random-init HF checkpoint of a built-in size, saved once under `cache_dir` so that
+    accelerate can offload it like any checkpoint; later runs reuse it."""
+    from transformers import AutoModelForCausalLM
+
+    out = os.path.join(cache_dir, f"{spec.name}-{str(dtype).split('.')[-1]}")
+    if os.path.isfile(os.path.join(out, DUMMY_DONE)):
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    tmp = out + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(hf_config(spec, None), dtype=dtype)
+    model.save_pretrained(tmp, safe_serialization=True)
+    del model
+    with open(os.path.join(tmp, DUMMY_DONE), "w") as f:
+        json.dump({"model": spec.name, "dtype": str(dtype), "init": "transformers from_config, seed 0"}, f)
+    os.rename(tmp, out)
+    return out
+
+
+def dummy_model_in_memory(spec: ModelSpec, dtype: torch.dtype):
+    """The same random model without a checkpoint on disk (for sizes whose checkpoint would not fit
+    the disk, e.g. OPT-30B fp16 on a 64 GiB box): parameters allocated on the CPU, filled with small
+    uniform values (the values do not change the speed)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(hf_config(spec, None), dtype=dtype)
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.uniform_(-0.02, 0.02)
+    model.tie_weights()
+    return model.eval()
+
+
+def weight_bytes(spec: ModelSpec, dtype_bytes: int) -> int:
+    embed = spec.vocab_size * (spec.word_embed_proj_dim or spec.hidden_size)
+    head = 0 if spec.tie_embeddings else spec.vocab_size * spec.hidden_size
+    if spec.family == "opt":  # learned positions (2 offset rows), final LayerNorm, optional projections
+        extra = (spec.max_seq_len + 2) * spec.hidden_size + 2 * spec.hidden_size
+        proj = spec.word_embed_proj_dim
+        if proj and proj != spec.hidden_size:
+            extra += 2 * proj * spec.hidden_size
+    else:  # final RMSNorm
+        extra = spec.hidden_size
+    return (spec.num_layers * spec.layer_weight_numel() + embed + head + extra) * dtype_bytes
+
+
+def layer_bytes(spec: ModelSpec, dtype_bytes: int) -> int:
+    return spec.layer_weight_numel() * dtype_bytes
+
+
+def working_bytes(spec: ModelSpec, batch: int, prompt_len: int, gen_len: int, dtype_bytes: int) -> int:
+    """What HF `generate` holds beside its weights at `batch`: the KV cache for prompt + gen tokens,
+    one layer's prefill activations (hidden states in and out, MLP intermediates; SDPA does not keep
+    the score matrix) and the last position's logits. Checked against a measurement: SmolLM2-135M
+    fp32, batch 8, 512 + 32 tokens, resident HF generate raised the process RSS by 248 MB; this
+    gives 272 MB."""
+    seq = prompt_len + gen_len
+    kv = spec.kv_bytes_per_token(dtype_bytes) * batch * seq
+    tokens = batch * prompt_len
+    hidden = tokens * (2 * spec.hidden_size + 2 * spec.ffn_size)
+    logits = 2 * batch * spec.vocab_size
+    return kv + (hidden + logits) * dtype_bytes

@@ -1,0 +1,102 @@
+"""Markdown for results/bench/README.md from result JSONs (one section per run).
+
+    python -m flexgen_eval.bench.report results/bench/*.json
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from flexgen_core.sizes import format_size
+
+from .runner import table
+
+
+def section(result: dict, path: str) -> str:
+    b = result["budget_bytes"]
+    cut = result.get("cut_gen_len")
+    workload = f"prompt {result['prompt_len']}, gen {result['gen_len']}"
+    if cut and cut < result["gen_len"]:
+        workload += f" (decode timed for {cut - 1} steps, the other {result['gen_len'] - cut} projected)"
+    lines = [
+        f"### {os.path.splitext(os.path.basename(path))[0]}: {result['model']} "
+        f"({'dummy' if result['dummy_weights'] else 'real'} weights, {result['dtype']}, "
+        f"{result['device']}): {workload}",
+        "",
+        f"- budget: gpu {format_size(b['gpu'])}, cpu {format_size(b['cpu'])}, disk {format_size(b['disk'])}; "
+        f"weights {format_size(result['weight_bytes'])}",
+        f"- command: `{result['command']}`",
+        f"- machine: {result['machine']}; load average at start / end "
+        f"{result.get('load_avg_start')} / {result.get('load_avg_end')}",
+        f"- date: {result['date']}, wall time {result['wall_s']:.0f} s, {result['repeat']} timed runs per system "
+        f"({'alternating' if result['alternating'] else 'one system after the other'}), median reported",
+        f"- disk reads: ours {result['ours_disk_reads']}; baselines {result['baseline_disk_reads']}",
+        f"- raw: [{os.path.basename(path)}]({os.path.basename(path)}), plot: "
+        f"[{os.path.splitext(os.path.basename(path))[0]}.png]({os.path.splitext(os.path.basename(path))[0]}.png)",
+        "",
+        table(result),
+        "",
+    ]
+    for k, v in result.get("ratios", {}).items():
+        lines.append(f"- **{k.replace('_vs_', ' vs ')}: {v:.2f}x**")
+    ours = next((r for r in result["systems"] if r["system"] == "flexgen"), {})
+    if ours.get("throughput_tokens_per_s"):
+        io = ours.get("percent_of_io_bound")
+        lines.append(f"- ours vs the cost model (measured profile): {ours['percent_of_predicted']:.0f}% of the "
+                     f"predicted {ours['predicted_throughput_tokens_per_s']:.3g} token/s"
+                     + (f", {io:.0f}% of the I/O bound {ours['io_bound_throughput_tokens_per_s']:.3g} token/s"
+                        if io is not None else " (nothing streamed: no I/O bound)"))
+    return "\n".join(lines) + "\n"
+
+
+TARGETS = {"accelerate": 1.5, "hf": 1.0, "flexgen-0.1.8": 1.5}
+
+
+def summary(results: list[tuple[str, dict]]) -> str:
+    """One row per (run, baseline): the ratio and the issue's target for it."""
+    lines = ["| run | model | workload | budget (gpu + cpu) | ours: batch, weights on disk, token/s | baseline: batch, "
+             "weights on disk, token/s | ours / baseline | target |", "|---" * 8 + "|"]
+    for path, res in results:
+        rows = {r["system"]: r for r in res["systems"]}
+        ours = rows.get("flexgen", {})
+        b = res["budget_bytes"]
+        work = f"{res['prompt_len']} + {res['gen_len']}"
+        if res.get("cut_gen_len") and res["cut_gen_len"] < res["gen_len"]:
+            work += f" (decode cut to {res['cut_gen_len']}, projected)"
+
+        def cell(r):
+            if not r.get("throughput_tokens_per_s"):
+                return f"skipped: {r.get('skipped')}"
+            disk = (r.get("weights_percent") or {}).get("disk", 0)
+            return f"{r['batch']}, {disk:g}%, {r['throughput_tokens_per_s']:.3g}"
+
+        for name, r in rows.items():
+            if name == "flexgen":
+                continue
+            ratio = res.get("ratios", {}).get(f"flexgen_vs_{name}")
+            target = TARGETS.get(name)
+            verdict = "-" if ratio is None or target is None else (
+                f">= {target:g}x: {'met' if ratio >= target else 'missed'}")
+            lines.append(f"| {os.path.splitext(os.path.basename(path))[0]} | {res['model']} | {work} | "
+                         f"{format_size(b['gpu'])} + {format_size(b['cpu'])} | {cell(ours)} | {name}: {cell(r)} | "
+                         f"{'-' if ratio is None else f'**{ratio:.2f}x**'} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    paths = list(sys.argv[1:] if argv is None else argv)
+    results = []
+    for path in paths:
+        with open(path) as f:
+            result = json.load(f)
+        if not result.get("dry_run"):
+            results.append((path, result))
+    print(summary(results))
+    for path, result in results:
+        print(section(result, path))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

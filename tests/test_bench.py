@@ -1,0 +1,236 @@
+"""`flexgen-eval bench`: argument handling, batch rules, and a tiny end-to-end run (JSON + plot).
+
+No timing thresholds: the numbers of a tiny model on a shared CPU mean nothing."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from flexgen_core.spec import ModelSpec
+from flexgen_eval.bench import hf_models, runner, search, systems
+from flexgen_eval.commands import bench as bench_cmd
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(prog="flexgen-eval")
+    bench_cmd.register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["bench", *argv])
+
+
+def run_cli(argv) -> int:
+    args = parse(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError):
+        return 1
+
+
+# -- arguments -----------------------------------------------------------------------------
+
+
+def test_defaults_follow_the_paper_workload():
+    cfg = bench_cmd.config_from_args(parse(["--model", "opt-30b", "--dummy-weights"]))
+    assert (cfg.prompt_len, cfg.gen_len, cfg.repeat) == (512, 32, 3)
+    assert cfg.systems == ("flexgen", "accelerate", "hf") and cfg.policy == "auto"
+    assert cfg.out == "results/bench/opt-30b.json"
+    assert cfg.cold_baseline_reads and cfg.alternate is None
+
+
+def test_sizes_systems_and_policy_parse():
+    cfg = bench_cmd.config_from_args(parse([
+        "--model", "opt-1.3b", "--dummy-weights", "--gpu-mem", "16GiB", "--cpu-mem", "200GB", "--disk", "1.5TB",
+        "--systems", "flexgen, accelerate,flexgen-0.1.8", "--policy", "20,80,0,100,0,100", "--gpu-batch-size", "48",
+        "--num-gpu-batches", "3", "--cut-gen-len", "8", "--warm-baseline-reads", "--no-alternate"]))
+    assert (cfg.gpu_mem, cfg.cpu_mem, cfg.disk) == (16 << 30, 200 * 10**9, 1500 * 10**9)
+    assert cfg.systems == ("flexgen", "accelerate", "flexgen-0.1.8")
+    assert not cfg.cold_baseline_reads and cfg.alternate is False
+    cfg.validate()
+    p = runner.percent_policy(cfg.policy, 48, 3)
+    assert p.weights == (20, 80, 0) and p.cache == (0, 100, 0) and p.block_size == 144
+
+
+@pytest.mark.parametrize("argv", [["--prompt-len", "0"], ["--gpu-mem", "lots"], ["--repeat", "x"],
+                                  ["--device", "tpu"]])
+def test_bad_flags_are_argparse_errors(argv):
+    with pytest.raises(SystemExit):
+        parse(["--model", "opt-1.3b", *argv])
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"systems": ("flexgen", "deepspeed")}, "unknown systems"),
+    ({"policy": "1,2,3"}, "six percentages"),
+    ({"cut_gen_len": 40}, "cut-gen-len"),
+])
+def test_bad_config_is_one_clear_error(change, message):
+    cfg = runner.BenchConfig(model="opt-1.3b", dummy_weights=True, gen_len=32, **change)
+    with pytest.raises(ValueError, match=message):
+        cfg.validate()
+
+
+def test_dry_run_chooses_batches_without_loading(capsys, tmp_path):
+    out = tmp_path / "dry.json"
+    rc = run_cli(["--model", "opt-30b", "--dummy-weights", "--device", "cuda", "--dtype", "float16",
+                  "--gpu-mem", "16GiB", "--cpu-mem", "100GiB", "--disk", "40GiB", "--hardware", "t4",
+                  "--systems", "flexgen,accelerate,flexgen-0.1.8", "--max-batch", "64", "--dry-run",
+                  "--out", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "dry run" in text and "flexgen-0.1.8" in text
+    assert not out.exists()
+
+
+# -- batch rules -----------------------------------------------------------------------------
+
+
+def test_candidate_batches():
+    assert search.candidate_batches(12) == [12, 8, 4, 2, 1]
+    assert search.candidate_batches(1) == [1]
+
+
+def test_accelerate_batch_shrinks_with_the_budget():
+    spec = ModelSpec.from_name("opt-1.3b")
+    big = search.Budget(gpu=10 << 30, cpu=10 << 30, disk=100 << 30, device="cpu")
+    small = search.Budget(gpu=1 << 30, cpu=1 << 30, disk=100 << 30, device="cpu")
+    cb = search.choose_accelerate(spec, big, 512, 32, 4, 64)
+    cs = search.choose_accelerate(spec, small, 512, 32, 4, 64)
+    assert cb.batch == 64 and cs.batch is not None and cs.batch < cb.batch
+    assert cs.max_memory["cpu"] < cb.max_memory["cpu"]
+    # every rejected batch says why
+    assert all(why for _, why in cs.tried)
+    none = search.choose_accelerate(spec, search.Budget(1 << 20, 1 << 20, 100 << 30, "cpu"), 512, 32, 4, 8)
+    assert none.batch is None
+
+
+def test_hf_fits_only_when_resident():
+    spec = ModelSpec.from_name("opt-1.3b")
+    assert search.hf_fits(spec, 8, search.Budget(8 << 30, 8 << 30, 0, "cpu"), 128, 8, 4)[0]
+    assert not search.hf_fits(spec, 8, search.Budget(1 << 30, 1 << 30, 0, "cpu"), 128, 8, 4)[0]
+
+
+def test_weight_bytes_match_the_hf_model(tiny_opt_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_opt_dir)
+    spec = ModelSpec.from_dir(tiny_opt_dir)
+    assert hf_models.weight_bytes(spec, 4) == sum(p.numel() * 4 for p in model.parameters())
+
+
+def test_timing_pairs_runs_with_their_prefill_and_projects_decode():
+    # batch 4, gen 32 timed for n = 8 tokens: decode = (T - P) * 31 / 7
+    t = runner.timing("flexgen", 4, [10.0, 12.0], [17.0, 19.0], gen_len=32, n_run=8)
+    assert t["prefill_paired"] and t["prefill_s"] == pytest.approx(11.0)
+    assert t["decode_s"] == pytest.approx(7.0 * 31 / 7)
+    assert t["throughput_runs"] == pytest.approx([128 / (10 + 31), 128 / (12 + 31)])
+    # without a cut, throughput is generated tokens over the run's wall time, whatever the prefill
+    full = runner.timing("hf", 2, [5.0, 50.0], [20.0, 30.0], gen_len=10, n_run=10)
+    assert full["throughput_runs"][0] == pytest.approx(20 / 20.0)
+    assert full["decode_clamped_runs"] == 1  # a prefill slower than its run: flagged
+    # one prefill for several runs: its median is used for each
+    single = runner.timing("hf", 1, [4.0], [8.0, 9.0], gen_len=5, n_run=5)
+    assert not single["prefill_paired"] and single["decode_s"] == pytest.approx(4.5)
+
+
+def test_random_prompts_have_the_exact_length():
+    prompts = runner.random_prompts(3, 17, 320, seed=1)
+    assert len(prompts) == 3 and all(len(p) == 17 for p in prompts)
+    assert all(80 <= t < 320 for p in prompts for t in p)
+    assert prompts == runner.random_prompts(3, 17, 320, seed=1)
+
+
+# -- FlexGen 0.1.8 (GPU only: here only its plumbing) -----------------------------------------------
+
+
+def test_flexgen018_log_parsing_and_command(tmp_path):
+    log = ("model size: 55.803 GB\tcache size: 13.312 GB\thidden size (p): 0.221 GB\n"
+           "peak gpu mem: 12.250 GB\tprojected: True\n"
+           "prefill latency: 50.123 s\tprefill throughput: 1470.5 token/s\n"
+           "decode latency: 80.5 s\tdecode throughput: 55.4 token/s\n"
+           "total latency: 130.6 s\ttotal throughput: 35.3 token/s")
+    parsed = systems.parse_flexgen_log(log)
+    assert parsed["prefill_latency"] == pytest.approx(50.123) and parsed["decode_latency"] == pytest.approx(80.5)
+    assert parsed["projected"] and parsed["gpu_peak_mem"] == pytest.approx(12.25 * 2**30)
+    with pytest.raises(RuntimeError):
+        systems.parse_flexgen_log("nothing here")
+    fg = systems.FlexGen018(ModelSpec.from_name("opt-30b"), None, str(tmp_path), 0.1145, 512, 32, 8)
+    cmd = fg.command("x.log")
+    assert fg.batch == 144
+    assert cmd[cmd.index("--memory-fraction") + 1] == "0.114500"
+    assert "--cut-gen-len" in cmd and cmd[cmd.index("--model") + 1] == "facebook/opt-30b"
+    assert "_DUMMY_" in cmd
+    with pytest.raises(ValueError):
+        systems.FlexGen018(ModelSpec.from_name("llama-2-7b-hf"), None, str(tmp_path), None, 512, 32, None)
+
+
+def test_flexgen018_stub_tokenizer_pads_to_length():
+    from flexgen_eval.bench.flexgen018_driver import StubTokenizer
+
+    ids = StubTokenizer()(["Paris is the capital city of"], padding="max_length", max_length=32).input_ids
+    assert len(ids) == 1 and len(ids[0]) == 32 and ids[0][0] == StubTokenizer.pad_token_id
+
+
+# -- a tiny end-to-end run ---------------------------------------------------------------------
+
+
+def test_tiny_run_writes_json_with_the_fields_and_a_plot(tiny_opt_dir, tmp_path, capsys):
+    out = tmp_path / "tiny.json"
+    # 800 KB of RAM for a 560 KB model: the planner sends most weights to disk, accelerate offloads
+    # part, and HF generate is resident only at batch 1.
+    rc = run_cli(["--model", tiny_opt_dir, "--prompt-len", "12", "--gen-len", "3", "--gpu-mem", "400KB",
+                  "--cpu-mem", "400KB", "--disk", "1GB", "--max-batch", "4", "--hf-batch", "1", "--repeat", "1",
+                  "--hardware", "cpu", "--offload-dir", str(tmp_path / "off"), "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| flexgen |" in printed and "flexgen_vs_accelerate" in printed
+    res = json.loads(out.read_text())
+    for key in ("model", "prompt_len", "gen_len", "budget_bytes", "hardware_profile", "plan", "estimate", "systems",
+                "ratios", "command", "machine", "date", "baseline_disk_reads"):
+        assert key in res, key
+    rows = {r["system"]: r for r in res["systems"]}
+    assert set(rows) == {"flexgen", "accelerate", "hf"}
+    for name, row in rows.items():
+        assert not row["skipped"], (name, row["skipped"])
+        for key in ("batch", "throughput_tokens_per_s", "prefill_s", "decode_s", "latency_s", "peak_memory_bytes"):
+            assert row[key] is not None, (name, key)
+        assert row["throughput_tokens_per_s"] > 0
+    ours = rows["flexgen"]
+    assert ours["batch"] == res["plan"]["policy"]["gpu_batch_size"] * res["plan"]["policy"]["num_gpu_batches"]
+    assert ours["policy"] and ours["predicted_throughput_tokens_per_s"] > 0
+    assert ours["weights_percent"]["disk"] >= 50
+    assert ours["peak_memory_bytes"]["disk_bytes_read_tiers"] > 0  # the runtime read its disk tier
+    assert rows["accelerate"]["weights_percent"]["disk"] > 0
+    assert rows["hf"]["batch"] == 1
+    assert set(res["ratios"]) == {"flexgen_vs_accelerate", "flexgen_vs_hf"}
+    png = tmp_path / "tiny.png"
+    assert png.exists() and png.stat().st_size > 1000
+    assert "| accelerate |" in runner.table(res)
+
+
+def test_unfit_systems_are_skipped_with_a_reason(tiny_opt_dir, tmp_path):
+    cfg = runner.BenchConfig(model=tiny_opt_dir, prompt_len=12, gen_len=3, gpu_mem="400KB", cpu_mem="400KB",
+                             disk="1GB", systems=("flexgen", "hf", "flexgen-0.1.8"), max_batch=4, hf_batch=256,
+                             repeat=1, hardware="cpu", dry_run=True, offload_dir=str(tmp_path))
+    res = runner.Bench(cfg, log=lambda *_: None).run()
+    rows = {r["system"]: r for r in res["systems"]}
+    assert rows["hf"]["skipped"].startswith("not resident")
+    assert rows["flexgen-0.1.8"]["skipped"]  # no CUDA here (or not OPT-30B/6.7B)
+    assert "| hf |" in runner.table(res)
+
+
+def test_module_entry_point_and_gpu_script_dry_run(tmp_path):
+    env = dict(os.environ, OUT=str(tmp_path / "out"))
+    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_bench.sh"), "--dry-run", "--models", "opt-30b"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "opt-30b" in proc.stdout and "--cap-gpu" in proc.stdout and "flexgen-0.1.8" in proc.stdout
+    bad = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_bench.sh"), "--bogus"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert subprocess.run([sys.executable, "-m", "flexgen_eval.bench", "--help"], cwd=ROOT, capture_output=True,
+                          timeout=60).returncode == 0
