@@ -63,7 +63,7 @@ def main():
             "flexgen 50% weights on disk": Policy(weights=(50, 0, 50), gpu_batch_size=batch, num_gpu_batches=1),
         }
         if batch >= 16:
-            variants["flexgen 50% disk, block 8x%d" % (batch // 8)] = Policy(
+            variants[f"flexgen 50% weights on disk, block 8x{batch // 8}"] = Policy(
                 weights=(50, 0, 50), gpu_batch_size=8, num_gpu_batches=batch // 8)
         offload = tempfile.mkdtemp(prefix="bench-offload-")
         llms = {name: LLM.from_pretrained(path, policy=p, offload_dir=offload) for name, p in variants.items()}
@@ -89,6 +89,7 @@ def main():
     meta = {"command": "python scripts/bench_runtime.py " + " ".join(f"--batches {' '.join(map(str, args.batches))}".split()),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {platform.python_version()}",
+            "load_average_at_end": os.getloadavg(),
             "prompt_len": args.prompt_len, "gen_len": args.gen_len, "repeat": args.repeat, "model": "SmolLM2-135M-Instruct fp32"}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out + ".json", "w") as f:
@@ -97,7 +98,8 @@ def main():
         f.write(f"# Runtime throughput on CPU: flexgen_core.LLM vs HF generate\n\n"
                 f"Model {meta['model']}, prompt {args.prompt_len}, {args.gen_len} new tokens, EOS ignored, "
                 f"median of {args.repeat} alternating runs.\n\nCommand: `{meta['command']}`  \n"
-                f"Machine: {meta['machine']}  \nDate: {meta['date']}\n\n"
+                f"Machine: {meta['machine']} (load average at the end {meta['load_average_at_end'][0]:.1f}: "
+                f"other jobs shared the cores, so compare ratios, not absolute rates)  \nDate: {meta['date']}\n\n"
                 "| batch | system | tokens/s | vs HF generate | disk bytes read |\n|---|---|---|---|---|\n")
         for r in rows:
             f.write(f"| {r['batch']} | {r['system']} | {r['tokens_per_s']:.1f} | {r['vs_hf']:.2f}x | "

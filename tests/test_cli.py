@@ -5,7 +5,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 
 from flexgen_core import __version__, model_store
 from flexgen_eval.cli import main

@@ -15,7 +15,6 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.api.model import CachingLM  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
-from flexgen_core import LLM, Policy  # noqa: E402
 from flexgen_eval import lm_eval_register  # noqa: E402
 from flexgen_eval.lm_eval_backend import FlexGenLM, parse_percent  # noqa: E402
 

@@ -1,0 +1,12 @@
+"""Sub-commands of `flexgen-eval`, one module each, plus argument types they share."""
+import argparse
+
+
+def size_arg(text: str) -> int:
+    """argparse type for sizes such as 16GiB, 200GB, 1.5TB."""
+    from flexgen_core.sizes import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e

@@ -5,7 +5,7 @@ import argparse
 import shlex
 import sys
 
-from flexgen_core.sizes import parse_size
+from flexgen_eval.commands import size_arg
 
 
 def register(subparsers):
@@ -25,7 +25,7 @@ def register(subparsers):
                    help="run only this many decode steps and project the rest (as FlexGen's --cut-gen-len), "
                         "the same way for every system")
     for tier, flag in (("gpu", "--gpu-mem"), ("cpu", "--cpu-mem"), ("disk", "--disk")):
-        p.add_argument(flag, dest=f"{tier}_mem", type=_size, default=None,
+        p.add_argument(flag, dest=f"{tier}_mem", type=size_arg, default=None,
                        help=f"{tier} budget, e.g. 16GiB, 1.5GB (on a CPU-only machine gpu + cpu are both RAM)")
     p.add_argument("--systems", default="flexgen,accelerate,hf",
                    help="comma-separated: flexgen (ours), accelerate, hf, flexgen-0.1.8")
@@ -57,13 +57,6 @@ def register(subparsers):
     p.add_argument("--dry-run", action="store_true",
                    help="resolve budgets, plans and batches and print them; load and run nothing")
     p.set_defaults(func=run)
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def _positive(text: str) -> int:

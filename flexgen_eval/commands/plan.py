@@ -1,14 +1,13 @@
 """`flexgen-eval plan`: the fastest policy for a model, a workload and a memory budget."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
 from flexgen_core.hardware import load_profile
 from flexgen_core.planner import plan_policy
-from flexgen_core.sizes import parse_size
 from flexgen_core.spec import ModelSpec
+from flexgen_eval.commands import size_arg
 
 
 def register(subparsers):
@@ -22,7 +21,7 @@ def register(subparsers):
     p.add_argument("--prompt-len", type=int, default=512)
     p.add_argument("--gen-len", type=int, default=32)
     for tier, flag in (("gpu", "--gpu-mem"), ("cpu", "--cpu-mem"), ("disk", "--disk")):
-        p.add_argument(flag, dest=f"{tier}_mem", type=_size, default=None,
+        p.add_argument(flag, dest=f"{tier}_mem", type=size_arg, default=None,
                        help=f"{tier} budget, e.g. 16GiB, 200GB, 1.5TB (default: the hardware profile's)")
     p.add_argument("--hardware", default="t4", help="preset (t4, a100-40g, a100-80g, h100, rtx4090, cpu) "
                                                     "or a JSON file from `flexgen-eval profile`")
@@ -34,13 +33,6 @@ def register(subparsers):
     p.add_argument("--max-block-size", type=int, default=None, help="at most this many sequences per block")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=run)
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def load_spec(name_or_dir: str) -> ModelSpec:
