@@ -200,7 +200,6 @@ class LLM:
 
     def prompt_logprobs(self, prompts: list[list[int]]) -> list[list[float | None]]:
         """Per-token log-probs of each prompt; the first token has none."""
-        self._check_prompts(prompts)
         rows = [list(p[:-1]) if len(p) > 1 else list(p) for p in prompts]
         targets = [[(i, p[i + 1]) for i in range(len(p) - 1)] for p in prompts]
         scored = self._run_scoring(rows, targets)

@@ -66,9 +66,15 @@ def helm_run(work: str, suite: str, entry: str, model: str, extra: list, max_eva
 
 def _execute_seconds(log: str) -> float | None:
     """Time of HELM's executor block (requests and model loading; no start-up or metrics)."""
+    return _block_seconds(log, r"INFO(\s+)(Batching)?Executor\.execute \{$")
+
+
+def _block_seconds(log: str, opening: str) -> float | None:
+    """Duration HELM's hierarchical logger prints where the block opened by `opening` closes
+    (the closing line has the same indentation, captured as group 1)."""
     lines = log.splitlines()
     for i, line in enumerate(lines):
-        m = re.search(r"INFO(\s+)(Batching)?Executor\.execute \{$", line)
+        m = re.search(opening, line)
         if m:
             for later in lines[i + 1:]:
                 close = re.search(r"INFO(\s+)\} \[([^\]]+)\]", later)
@@ -82,15 +88,7 @@ def _load_seconds(log: str) -> float:
     flexgen = re.findall(r"flexgen: .* ready in ([\d.]+)s", log)
     if flexgen:  # several clients may wait on the one load (HELM's threads race to build them)
         return max(float(x) for x in flexgen)
-    lines = log.splitlines()
-    for i, line in enumerate(lines):
-        m = re.search(r"INFO(\s+)Loading Hugging Face model .* \{$", line)
-        if m:
-            for later in lines[i + 1:]:
-                close = re.search(r"INFO(\s+)\} \[([^\]]+)\]", later)
-                if close and close.group(1) == m.group(1):
-                    return _duration(close.group(2))
-    return 0.0
+    return _block_seconds(log, r"INFO(\s+)Loading Hugging Face model .* \{$") or 0.0
 
 
 def _duration(text: str) -> float:

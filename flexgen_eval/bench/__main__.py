@@ -8,6 +8,7 @@ import sys
 
 
 def main(argv=None) -> int:
+    from flexgen_eval.cli import run_command
     from flexgen_eval.commands import bench
 
     parser = argparse.ArgumentParser(prog="flexgen-eval")
@@ -16,11 +17,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(["bench", *argv])
     args.command_line = "python -m flexgen_eval.bench " + shlex.join(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
-        print(f"flexgen-eval bench: error: {e}", file=sys.stderr)
-        return 1
+    return run_command(args)
 
 
 if __name__ == "__main__":
