@@ -1,6 +1,6 @@
 """Accuracy of weight / KV-cache compression on the real model (issue 4, the paper's Table 6 layout).
 
-SmolLM2-135M-Instruct, fp32, on the CPU, with real data from $FLEXGEN_DATA_DIR:
+SmolLM2-135M-Instruct, fp32, on the CPU or one GPU (`--device`), with real data from $FLEXGEN_DATA_DIR:
 
 * LAMBADA (OpenAI version, lambada/lambada_test.jsonl, 5153 docs), as lm-eval's `lambada_openai`:
   context = text up to the last space, continuation = " " + last word, tokenized like lm-eval's HF
@@ -300,7 +300,8 @@ def render_md(meta: dict, summary: dict, check: dict | None, names: list[str]) -
         "Q4_1 (4-bit, group 32) rounding; the baseline is that checkpoint run in fp32.",
         f"- Runtime: `LLM.from_pretrained(path, policy=Policy(compress_weight=…, compress_cache=…, "
         f"compression_bits=…, compression_group_size={meta['group_size']}, attn_sparsity=…, "
-        f"gpu_batch_size={meta['gpu_batch_size']}, num_gpu_batches=1))`, everything on the CPU, fp32 compute; "
+        f"gpu_batch_size={meta['gpu_batch_size']}, num_gpu_batches=1), device={meta.get('device', 'cpu')!r})`, everything on that device, fp32 compute "
+        "(TF32 off); "
         "`LLM.score()` gives per-token log-likelihoods and greedy flags. With cache compression every attention "
         "read of K/V (prefill included) goes through the codec; sparsity keeps each query's top fraction of "
         "scores in prefill as in decode, so scoring measures both.",
@@ -397,7 +398,7 @@ def weight_quant_error(model_path: str) -> dict:
 # ------------------------------------------------------------------ main
 
 
-def machine() -> str:
+def machine(device: str = "cpu") -> str:
     import torch
 
     cpu = platform.processor() or ""
@@ -417,7 +418,8 @@ def machine() -> str:
     except (OSError, ValueError, IndexError):
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{platform.node()}, {cpu}, {os.cpu_count()} CPUs{mem}, no GPU used; torch {torch.__version__} "
+    gpu = (f"GPU {torch.cuda.get_device_name(0)}" if device.startswith("cuda") else "no GPU used")
+    return (f"{platform.node()}, {cpu}, {os.cpu_count()} CPUs{mem}, {gpu}; torch {torch.__version__} "
             f"with {torch.get_num_threads()} threads; Python {platform.python_version()}; "
             f"load average at start {load:.1f} (shared with other jobs)")
 
@@ -439,6 +441,7 @@ def parse_args(argv=None):
     p.add_argument("--deadline", default=None,
                    help="UTC time HH:MM: start no round expected to end after it (the last finished round stays)")
     p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--device", default="cpu", help="compute device: cpu (default) or cuda (fp32, TF32 off)")
     p.add_argument("--md", default=os.path.join(REPO, "results", "compression.md"))
     p.add_argument("--json", default=os.path.join(REPO, "results", "compression.json"))
     p.add_argument("--render-from", default=None, metavar="JSON",
@@ -491,6 +494,7 @@ def main(argv=None):
 
     import torch
 
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 on a GPU too
     from flexgen_core import LLM, Policy
     from flexgen_core.model_store import fetch_model
 
@@ -513,8 +517,8 @@ def main(argv=None):
         + (sys.argv[1:] if argv is None else list(argv)))
     state = {
         "t0": time.perf_counter(),
-        "meta": {"command": cmd, "machine": machine(), "started_utc": started.strftime("%Y-%m-%d %H:%M:%S"),
-                 "model": args.model, "model_path": model_path, "dtype": "float32", "device": "cpu",
+        "meta": {"command": cmd, "machine": machine(args.device), "started_utc": started.strftime("%Y-%m-%d %H:%M:%S"),
+                 "model": args.model, "model_path": model_path, "dtype": "float32", "device": args.device,
                  "group_size": args.group_size, "gpu_batch_size": args.batch_size, "window": args.window,
                  "seed": args.seed, "lambada_docs_selected": len(lambada), "lambada_docs_total": 5153,
                  "wikitext_tokens": wiki_tokens, "wikitext_windows_total": len(windows),
@@ -531,7 +535,7 @@ def main(argv=None):
                         compression_group_size=args.group_size, attn_sparsity=sp,
                         gpu_batch_size=args.batch_size, num_gpu_batches=1)
         t = time.perf_counter()
-        llms[n] = LLM.from_pretrained(model_path, policy=policy, device="cpu", dtype="float32")
+        llms[n] = LLM.from_pretrained(model_path, policy=policy, device=args.device, dtype="float32")
         state["runs"][n] = {"policy": {"compress_weight": w, "compress_cache": c, "compression_bits": bits,
                                        "compression_group_size": args.group_size, "attn_sparsity": sp,
                                        "gpu_batch_size": args.batch_size},

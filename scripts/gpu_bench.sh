@@ -82,7 +82,7 @@ fi
 start=$(date +%s)
 for m in $MODELS; do
   # seconds each model may take (the sum stays under 8 minutes with the start-up)
-  case "$m" in opt-30b) LIMIT=270 ;; *) LIMIT=150 ;; esac
+  case "$m" in opt-30b) LIMIT="${GPU_BENCH_LIMIT_LARGE:-270}" ;; *) LIMIT="${GPU_BENCH_LIMIT_SMALL:-150}" ;; esac
   echo "== $m: prompt 512, gen 32 (decode cut to $CUT steps, projected), gpu $GPU_MEM (capped), cpu $CPU_MEM, disk $DISK"
   cmd=("$PYTHON" -m flexgen_eval.bench --model "$m" --dummy-weights --prompt-len 512 --gen-len 32
        --cut-gen-len "$CUT" --gpu-mem "$GPU_MEM" --cpu-mem "$CPU_MEM" --disk "$DISK" --systems "$SYSTEMS"

@@ -4,6 +4,24 @@ import pytest
 
 import tiny_models
 
+# The compute device of every LLM a test builds: the CPU unless FLEXGEN_TEST_DEVICE says otherwise
+# (`FLEXGEN_TEST_DEVICE=cuda` on a GPU machine). Always fp32, because the tests compare against HF fp32.
+TEST_DEVICE = os.environ.get("FLEXGEN_TEST_DEVICE", "cpu")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _llm_defaults_to_the_test_device():
+    from flexgen_core import LLM
+
+    original = LLM.from_pretrained.__func__
+
+    def from_pretrained(cls, name_or_dir, policy=None, device=None, dtype=None, **kwargs):
+        return original(cls, name_or_dir, policy, device or TEST_DEVICE, dtype or "float32", **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(LLM, "from_pretrained", classmethod(from_pretrained))
+        yield
+
 
 def data_dir() -> str:
     """FLEXGEN_DATA_DIR, or skip with the reason."""

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One GPU session, as run on a lent H100/H200 (no network): the GPU test tier, then the GPU benchmark.
+#
+#   bash scripts/gpu_session.sh [OUT_DIR]
+#
+# 1. Installs the wheels carried in .whl/ (if any) into /tmp/site, never over the machine's torch.
+# 2. Runs the runtime's parity/invariance/compression tests with FLEXGEN_TEST_DEVICE=cuda (fp32 on the GPU
+#    against HF fp32 on the CPU) and records pytest's summary.
+# 3. Runs scripts/gpu_bench.sh (OPT-6.7B and OPT-30B, dummy fp16 weights, GPU capped to 16 GiB).
+# Everything lands in one archive, OUT_DIR/gpu_session.tgz (the device tool returns at most 8 files),
+# plus OUT_DIR/gpu_session.log. Each step has its own time limit so the archive is always written.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR="${1:-${OUT:-results/bench/gpu}}"
+WORK="$(mktemp -d)/gpu_session"
+mkdir -p "$OUT_DIR" "$WORK"
+LOG="$OUT_DIR/gpu_session.log"
+exec > >(tee -a "$LOG") 2>&1
+pack() { tar -C "$(dirname "$WORK")" -czf "$OUT_DIR/gpu_session.tgz" gpu_session; }
+trap pack EXIT
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "gpu_session.sh: wheel install failed"; exit 1; }
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+PYTHON="${PYTHON:-python3}"
+export PYTHON
+date -u +"start %Y-%m-%d %H:%M:%S UTC"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$WORK/gpu.txt"
+"$PYTHON" -c "import torch, transformers, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'accelerate', accelerate.__version__)" | tee -a "$WORK/gpu.txt"
+nproc | sed 's/^/cpus /' | tee -a "$WORK/gpu.txt"; free -g | sed -n 2p | tee -a "$WORK/gpu.txt"
+
+echo "== GPU tests (FLEXGEN_TEST_DEVICE=cuda, fp32)"
+FLEXGEN_TEST_DEVICE=cuda timeout "${GPU_TEST_LIMIT:-120}" "$PYTHON" -m pytest -q -p no:cacheprovider \
+  tests/test_parity.py tests/test_invariance.py tests/test_compression.py tests/test_prefix_sharing.py \
+  tests/test_sampling.py tests/test_tiers.py 2>&1 | tee "$WORK/gpu_tests.log" | tail -n 30
+echo "gpu tests exit ${PIPESTATUS[0]}"
+
+echo "== GPU benchmark"
+bash scripts/gpu_bench.sh --out "$WORK" --wheel .whl/flexgen-0.1.8-py3-none-any.whl
+date -u +"end %Y-%m-%d %H:%M:%S UTC"
