@@ -241,8 +241,9 @@ def render_md(meta: dict, summary: dict, check: dict | None, names: list[str]) -
                    f"all configs) the full run would take about {meta['elapsed_s'] / done / 3600:.0f} h on this "
                    f"machine, so it {'was' if meta['finished'] else 'is to be'} cut at a deadline; the numbers are estimates on a uniform-ish sample "
                    "(LAMBADA docs in file order, random WikiText-2 windows), with the paired standard errors shown")
+    on_gpu = str(meta.get("device", "cpu")).startswith("cuda")
     lines = [
-        "# Compression accuracy: SmolLM2-135M-Instruct, fp32, CPU",
+        f"# Compression accuracy: SmolLM2-135M-Instruct, fp32, {'GPU' if on_gpu else 'CPU'}",
         "",
         "Issue 4's accuracy table (the FlexGen paper's Table 6 layout): group-wise asymmetric min-max "
         f"quantization, group size {meta['group_size']}, of the weights, the KV cache, or both; "
@@ -274,7 +275,7 @@ def render_md(meta: dict, summary: dict, check: dict | None, names: list[str]) -
         f"LAMBADA: {nd} docs; WikiText-2: {nw} windows, {summary['table'][names[0]]['wikitext2']['tokens'] if names else 0} "
         "scored tokens. Accuracy in percent; Δ acc is in points vs fp32, ± its paired standard error over docs; "
         "Δ ppl is the relative perplexity change vs fp32. `seconds` is each config's total scoring time "
-        "(shared, contended CPU: comparable only roughly).",
+        + ("(one GPU, fp32 without TF32)." if on_gpu else "(shared, contended CPU: comparable only roughly)."),
         "",
     ]
     if check is None:

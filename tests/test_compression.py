@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from conftest import TEST_DEVICE
 from flexgen_core import LLM, Policy, SamplingParams
 from flexgen_core.compression import STATS_DTYPE, QuantConfig, dequantize, quantize
 
@@ -76,9 +77,15 @@ def test_compressed_outputs_identical_across_policies(tiny_llama_dir, baselines,
         policy = policy.with_(attn_sparsity=0.3, gpu_batch_size=8, num_gpu_batches=1)
     base, _ = baselines["sparse" if sparse else "compressed"]
     got, stats = _run(tiny_llama_dir, policy, tmp_path)
+    # On the CPU every policy does the same arithmetic, so outputs are identical. On a GPU, CPU
+    # attention and other batch shapes change results at the last bit (cuBLAS picks kernels by
+    # shape), and a 4-bit code near a rounding boundary turns that into one quantization step:
+    # seen on an H200 as log-prob differences up to 0.018 with the same tokens.
+    changes_arithmetic = policy.cpu_attention or policy.gpu_batch_size != POLICIES["device"].gpu_batch_size
+    tol = 0.05 if TEST_DEVICE == "cuda" and changes_arithmetic else 1e-5
     for b, g in zip(base, got):
         assert g.outputs[0].token_ids == b.outputs[0].token_ids
-        assert g.outputs[0].logprobs == pytest.approx(b.outputs[0].logprobs, abs=1e-5)
+        assert g.outputs[0].logprobs == pytest.approx(b.outputs[0].logprobs, abs=tol)
     if policy.cache[2] or policy.weights[2]:
         assert stats["read"]["disk"] > 0
 

@@ -335,7 +335,7 @@ class Bench:
         started = datetime.now(timezone.utc)
         self.load_start = load_avg()
         if cfg.cap_gpu and self.device.type == "cuda" and not cfg.dry_run:
-            torch.cuda.set_per_process_memory_fraction(self._gpu_fraction(), self.device)
+            torch.cuda.set_per_process_memory_fraction(self._gpu_fraction(), self.device.index or 0)
         self.log(f"bench {self.spec.name}: prompt {cfg.prompt_len}, gen {cfg.gen_len}"
                  + (f" (decode cut to {cfg.cut_gen_len} steps, projected)" if cfg.cut_gen_len else "")
                  + f", {str(self.dtype).split('.')[-1]}, budget gpu {format_size(self.budget.gpu)} / cpu "
