@@ -58,16 +58,18 @@ def dummy_checkpoint(spec: ModelSpec, dtype: torch.dtype, cache_dir: str) -> str
 def dummy_model_in_memory(spec: ModelSpec, dtype: torch.dtype):
     """The same random model without a checkpoint on disk (for sizes whose checkpoint would not fit
     the disk, e.g. OPT-30B fp16 on a 64 GiB box): parameters allocated on the CPU, filled with small
-    uniform values (the values do not change the speed)."""
+    random values (the values do not change the speed)."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(hf_config(spec, None), dtype=dtype)
+    from flexgen_core.weight_store import dummy_normal
+
     model.to_empty(device="cpu")
     with torch.no_grad():
         for p in model.parameters():
-            p.uniform_(-0.02, 0.02)
+            p.copy_(dummy_normal(p.shape))  # the same fast tiled values as our own dummy weights
     model.tie_weights()
     return model.eval()
 
