@@ -202,7 +202,7 @@ class BlockModel:
             flops = 4 * b * qk_dim * s * s
             scores = b * sp.num_heads * s * s * (4 + self.dt)
             out["device"] += k * max(flops / hw.bmm_flops_prefill, 2 * scores / hw.device_mem_bw)
-            new = self.cache_bytes(s) * k  # the prompt's K and V go to their tiers
+            new = self.cache_bytes(s) * k if self.n > 1 else 0.0  # the prompt's K and V go to their tiers
             out["d2h"] += off_device("c", new / hw.d2h_cache_bw)
             out["disk"] += Lin.var("c_disk", scale=new / hw.disk_write_cache_bw)
             return out
@@ -248,7 +248,8 @@ class BlockModel:
         """{tier: [Lin bytes, ...]}: a tier's peak is the largest of its expressions (prefill, decode)."""
         sp, b, k, dt, s, n = self.spec, self.b, self.k, self.dt, self.s, self.n
         nbuf = 2 if self.shape.overlap else 1  # the batch being computed and the one being fetched
-        cache_all = self.cache_bytes(s + n) * k * sp.num_layers
+        # a single step (scoring, one new token) keeps no cache
+        cache_all = self.cache_bytes(s + n) * k * sp.num_layers if n > 1 else 0.0
         act_all = self.hidden_bytes(s) * k
         resident = {t: Lin.var(f"w_{t}", scale=self.total_weight_bytes)
                     + Lin.var(f"c_{t}", scale=cache_all) + Lin.var(f"a_{t}", scale=act_all) for t in TIERS}
@@ -275,17 +276,19 @@ class BlockModel:
             return hidden + max(attn, mlp, logits)
 
         dev_prefill = working(s, s, True)
-        dev_decode = Lin(working(1, s + n, False))
-        if not self.shape.cpu_attention:
+        dev_decode = Lin(working(1, s + n, False)) if n > 1 else Lin()
+        if n > 1 and not self.shape.cpu_attention:
             dev_decode += off_device("c", nbuf * self.cache_bytes(s + n))  # loaded CPU/disk rows
-        if self.shape.compress_cache:
+        if n > 1 and self.shape.compress_cache:
             dev_decode += self.cache_bytes(s + n, dt)  # the dequantised batch
         gpu = [resident["gpu"] + weight_buffers + dev_prefill, resident["gpu"] + weight_buffers + dev_decode]
 
-        # CPU staging: disk shares pass through CPU memory on their way to the device
-        stage_w = Lin.var("w_disk", scale=nbuf * biggest)
-        cpu_prefill = stage_w + Lin.var("a_disk", scale=nbuf * self.hidden_bytes(s))
-        cpu_decode = stage_w + Lin.var("c_disk", scale=nbuf * self.cache_bytes(s + n))
+        # CPU staging: disk shares pass through CPU memory on their way to a GPU (a CPU device
+        # reads them straight into the buffers counted above)
+        staged = 0.0 if self.hw.device == "cpu" else float(nbuf)
+        stage_w = Lin.var("w_disk", scale=staged * biggest)
+        cpu_prefill = stage_w + Lin.var("a_disk", scale=staged * self.hidden_bytes(s))
+        cpu_decode = stage_w + Lin.var("c_disk", scale=staged * self.cache_bytes(s + n))
         if self.shape.cpu_attention:
             cpu_decode += b * sp.num_heads * (s + n) * 4 * nbuf  # scores on the CPU
         cpu = [resident["cpu"] + cpu_prefill, resident["cpu"] + cpu_decode]

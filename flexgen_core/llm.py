@@ -22,6 +22,9 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.flo
            "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
+PROMPT_BUCKET = 64  # prompt lengths planned together (a bucket is planned for its longest)
+
+
 def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
     if dtype is None or dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
@@ -64,6 +67,8 @@ class LLM:
         self.last_run: dict = {}
         self.totals: dict = {}  # per kind ("generate", "score"): calls, rows, tokens (generated or scored), seconds
         self.plan = None  # the planner's Plan when the policy was chosen automatically
+        self.replan: dict | None = None  # planner arguments, to plan each bucket of lengths again
+        self.bucket_plans: dict = {}  # (prompt bucket, new tokens) -> Plan
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -116,7 +121,27 @@ class LLM:
         tokenizer = _load_tokenizer(path) if path else None
         llm = cls(spec, layers, weights, tiers, policy, dtype, tokenizer, path)
         llm.plan = plan
+        if plan is not None:
+            llm.replan = dict(memory=memory, hardware=hardware or guess_hardware(device),
+                              dtype_bytes=torch.empty((), dtype=dtype).element_size(),
+                              compress_weight=compress_weight, compress_cache=compress_cache)
         return llm
+
+    def policy_for(self, prompt_len: int, new_tokens: int) -> Policy:
+        """The policy a block of prompts up to `prompt_len` tokens runs under. An explicit policy is
+        used as given; a planned one is planned again for the bucket of lengths (prompts rounded up
+        to a multiple of PROMPT_BUCKET), keeping the weights where they were loaded."""
+        if self.replan is None:
+            return self.policy
+        from .planner import plan_policy
+
+        bucket = max(prompt_len, min(-(-prompt_len // PROMPT_BUCKET) * PROMPT_BUCKET,
+                                     self.spec.max_seq_len - new_tokens))
+        key = (bucket, new_tokens)
+        if key not in self.bucket_plans:
+            self.bucket_plans[key] = plan_policy(self.spec, bucket, new_tokens, weights=self.policy.weights,
+                                                 **self.replan)
+        return self.bucket_plans[key].policy
 
     def close(self):
         self.scheduler.close()
@@ -147,11 +172,11 @@ class LLM:
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             eos = tuple(set(eos) | {self.tokenizer.eos_token_id})
         start, generated = time.perf_counter(), 0
-        for block in self._blocks(rows):
+        for block, policy in self._blocks(rows, params.max_new_tokens):
             job = GenerationJob([rows[i] for i in block], [samplers[i] for i in block], params,
-                                self.policy.gpu_batch_size, self.device, self._pad_id(), eos, self.tokenizer)
+                                policy.gpu_batch_size, self.device, self._pad_id(), eos, self.tokenizer)
             with torch.inference_mode():
-                self.scheduler.run(job)
+                self.scheduler.run(job, policy)
             for r, i in enumerate(block):
                 results[i] = self._completion(job, r, samplers[i].completion_index)
                 generated += len(results[i].token_ids)
@@ -211,21 +236,26 @@ class LLM:
         results = [None] * len(rows)
         start = time.perf_counter()
         pick = lambda items, block: None if items is None else [items[i] for i in block]  # noqa: E731
-        for block in self._blocks(rows):
-            job = ScoringJob(pick(rows, block), pick(targets, block), self.policy.gpu_batch_size, self.device,
+        for block, policy in self._blocks(rows, 1):
+            job = ScoringJob(pick(rows, block), pick(targets, block), policy.gpu_batch_size, self.device,
                              self._pad_id(), pick(positions, block), pick(segments, block))
             with torch.inference_mode():
-                self.scheduler.run(job)
+                self.scheduler.run(job, policy)
             for r, i in enumerate(block):
                 results[i] = (job.logprobs[r], job.greedy[r])
         self._record("score", start, sum(len(r) for r in rows), len(rows))
         return results
 
-    def _blocks(self, rows):
-        """Indices of rows in blocks of similar lengths (longest first) to limit padding."""
+    def _blocks(self, rows, new_tokens: int):
+        """(row indices, policy) per block: rows of similar lengths (longest first) to limit padding,
+        as many as the policy for the block's longest row takes."""
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
-        size = self.policy.block_size
-        return [order[i:i + size] for i in range(0, len(order), size)]
+        blocks, i = [], 0
+        while i < len(order):
+            policy = self.policy_for(len(rows[order[i]]), new_tokens)
+            blocks.append((order[i:i + policy.block_size], policy))
+            i += policy.block_size
+        return blocks
 
     def _check_prompts(self, prompts, extra: int = 0):
         if not isinstance(prompts, (list, tuple)):

@@ -112,12 +112,15 @@ def plan_policy(spec: ModelSpec, prompt_len: int, gen_len: int, memory: dict,
                 hardware: HardwareProfile | str = "t4", dtype_bytes: int | None = None,
                 compress_weight: bool = False, compress_cache: bool = False, cpu_attention: bool | None = None,
                 margin: float = 0.1, overlap: bool = True, max_block_size: int | None = None,
-                gpu_batch_sizes=GPU_BATCH_SIZES, num_gpu_batches=NUM_GPU_BATCHES) -> Plan:
+                gpu_batch_sizes=GPU_BATCH_SIZES, num_gpu_batches=NUM_GPU_BATCHES,
+                weights: tuple | None = None) -> Plan:
     """The fastest policy (most generated tokens per second) that fits `memory`.
 
     memory: {"gpu": .., "cpu": .., "disk": ..} as bytes or strings like "16GiB" (a missing tier
     has none). dtype_bytes: None picks the runtime's compute dtype (fp16 on a GPU, fp32 on a
     CPU). cpu_attention: None tries both (off when the cache is compressed, as in the paper).
+    weights: fixed % gpu/cpu/disk of the weights (a model already loaded): only the block shape and
+    the cache and activation placement are chosen, e.g. again for each bucket of request lengths.
     """
     hw = load_profile(hardware)
     dt = dtype_bytes or default_dtype_bytes(hw)
@@ -145,8 +148,8 @@ def plan_policy(spec: ModelSpec, prompt_len: int, gen_len: int, memory: dict,
                 if max_block_size and b * k > max_block_size:
                     break
                 model = BlockModel(spec, shape(b, k, attn), prompt_len, gen_len, hw, dt)
-                lp, found = PlacementLP(model, usable), None
-                for all_gpu in _weight_cases(model, usable):
+                lp, found = PlacementLP(model, usable, fixed_weights=weights), None
+                for all_gpu in _weight_cases(model, usable, weights):
                     solved += 1
                     result = lp.solve(all_gpu)
                     if result and (found is None or result[0] < found[0]):
@@ -157,7 +160,10 @@ def plan_policy(spec: ModelSpec, prompt_len: int, gen_len: int, memory: dict,
                 fitted_any = True
                 if best and b * k * gen_len / found[0] < best[1].throughput * (1 - 1e-3):
                     continue  # clearly slower; rounding moves the time by far less than this
-                est = model.evaluate(_policy_from(found[1], shape(b, k, attn)))
+                candidate = _policy_from(found[1], shape(b, k, attn))
+                if weights is not None:  # exactly as loaded, not as rounded back from the LP
+                    candidate = candidate.with_(weights=tuple(weights))
+                est = model.evaluate(candidate)
                 if best is None or est.throughput > best[1].throughput * (1 + 1e-9):
                     best = (model, est)
             if not fitted_any:
@@ -175,9 +181,11 @@ def plan_policy(spec: ModelSpec, prompt_len: int, gen_len: int, memory: dict,
                 budget=budget, usable=usable, margin=margin, binding=binding, lp_solved=solved, notes=notes)
 
 
-def _weight_cases(model: BlockModel, usable: dict) -> tuple:
+def _weight_cases(model: BlockModel, usable: dict, fixed_weights=None) -> tuple:
     """All weights resident on the device is its own case (no streaming buffers); worth an LP only
     when they could fit."""
+    if fixed_weights is not None:
+        return (fixed_weights[0] >= 100.0 - 1e-9,)
     return (False, True) if model.total_weight_bytes <= usable["gpu"] else (False,)
 
 
@@ -185,12 +193,17 @@ class PlacementLP:
     """The placement LP of one block shape. Built once; the all-weights-on-device case only
     changes bounds, so it is a re-solve rather than a second model."""
 
-    def __init__(self, model: BlockModel, usable: dict, slack_weights: dict | None = None):
+    def __init__(self, model: BlockModel, usable: dict, slack_weights: dict | None = None,
+                 fixed_weights: tuple | None = None):
         """With `slack_weights` the memory limits may be exceeded at that cost per byte and the
         objective is the weighted overshoot (to say which tier is short); otherwise it is time."""
         self.model, self.usable = model, usable
         self.solver = solver = pywraplp.Solver.CreateSolver("GLOP")
         self.x = x = {v: solver.NumVar(0.0, 1.0, v) for v in VARS}
+        self.fixed_weights = fixed_weights
+        if fixed_weights is not None:
+            for t, pct in zip(TIERS, fixed_weights):
+                x[f"w_{t}"].SetBounds(pct / 100.0, pct / 100.0)
         for kind in ("w", "c", "a"):
             row = solver.Constraint(1.0, 1.0)
             for t in TIERS:
@@ -243,7 +256,8 @@ class PlacementLP:
 
     def solve(self, weights_all_gpu: bool = False):
         """(block time in seconds, fractions[, shortfall]) or None when infeasible."""
-        self.x["w_gpu"].SetLb(1.0 if weights_all_gpu else 0.0)
+        if self.fixed_weights is None:
+            self.x["w_gpu"].SetLb(1.0 if weights_all_gpu else 0.0)
         for tier, lins in self.model.memory_terms(weights_all_gpu).items():
             # leave room for rounding the shares to hundredths of a percent afterwards
             pad = ROUNDING * max(sum(abs(c) for c in lin.coef.values()) for lin in lins)

@@ -94,6 +94,7 @@ class _Ready:
 class Scheduler:
     def __init__(self, layers, weights, tiers: TierSet, policy: Policy, spec, dtype: torch.dtype):
         self.layers, self.weights, self.tiers, self.policy, self.spec = layers, weights, tiers, policy, spec
+        self.attn_sparsity = policy.attn_sparsity  # of the block being run
         self.dtype = dtype
         self.cache_quant = (QuantConfig(policy.compression_bits, policy.compression_group_size)
                             if policy.compress_cache else None)
@@ -104,8 +105,10 @@ class Scheduler:
         self.weight_queue.close()
         self.data_queue.close()
 
-    def run(self, job: Job):
-        policy, spec = self.policy, self.spec
+    def run(self, job: Job, policy: Policy | None = None):
+        """Run one block. `policy` may change the block's cache and activation placement, CPU
+        attention and sparsity (per bucket of request lengths); weights stay as loaded."""
+        policy, spec = policy or self.policy, self.spec
         nb = len(job.batch_sizes)
         cache = None
         if job.num_steps > 1:
@@ -113,8 +116,10 @@ class Scheduler:
             cache = BlockCache(self.tiers, spec.num_layers, shapes, spec.num_kv_heads, spec.head_dim, self.dtype,
                                policy.cache, policy.cpu_attention, self.cache_quant, policy.attn_sparsity)
         acts = Activations(self.tiers, policy.activations, self.data_queue)
+        self.attn_sparsity = policy.attn_sparsity
         n_layers = len(self.layers)
         pending_w = self.weight_queue.submit(self.weights.load, 0)
+        held = [0]  # layers whose loaded weights count as device memory until released
         try:
             for step in range(job.num_steps):
                 if step > 0 and job.done():
@@ -124,6 +129,8 @@ class Scheduler:
                     w = pending_w.result()
                     last = j == n_layers - 1 and step == job.num_steps - 1
                     pending_w = None if last else self.weight_queue.submit(self.weights.load, (j + 1) % n_layers)
+                    if not last:
+                        held.append((j + 1) % n_layers)
                     fetch = self._fetcher(job, step, j, layer, acts, cache)
                     pending = fetch(0)
                     for k in range(nb):
@@ -140,11 +147,14 @@ class Scheduler:
                         y = layer.forward(x, w, _Context(positions, attend=attend))
                         acts.put(k, y)
                     del w
+                    self.weights.release(held.pop(0))
             if pending_w is not None:
                 pending_w.result()
         finally:
             self.data_queue.drain()
             self.weight_queue.drain()
+            for j in held:
+                self.weights.release(j)
             acts.free()
             if cache is not None:
                 cache.free()
@@ -176,7 +186,7 @@ class Scheduler:
                 if self.cache_quant is not None:  # attend to what the cache will give back
                     seen_k = dequantize(quantize(new_k, self.cache_quant), new_k.shape[-1], self.cache_quant, new_k.dtype)
                     seen_v = dequantize(quantize(new_v, self.cache_quant), new_v.shape[-1], self.cache_quant, new_v.dtype)
-                out = prefill_attention(q, seen_k, seen_v, masks[k], job.pads(k), self.policy.attn_sparsity)
+                out = prefill_attention(q, seen_k, seen_v, masks[k], job.pads(k), self.attn_sparsity)
                 if cache is not None:
                     self.data_queue.submit(cache.store_prefill, layer_index, k, new_k, new_v)
                 return out

@@ -39,6 +39,8 @@ class LayerLayout:
             self.entries.append((spec, offset, nbytes, quantized))
             offset += -(-nbytes // self.ALIGN) * self.ALIGN
         self.nbytes = offset
+        # what decode() allocates: the dequantized matrices (raw tensors are views)
+        self.decoded_bytes = sum(spec.numel * itemsize for spec, _, _, quantized in self.entries if quantized)
 
     def encode(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         flat = torch.zeros(self.nbytes, dtype=torch.uint8)
@@ -97,8 +99,20 @@ class WeightStore:
                 progress.update(1)
 
     def load(self, j: int) -> dict[str, torch.Tensor]:
-        """All tensors of layer j on the compute device (views when they already live there)."""
+        """All tensors of layer j on the compute device (views when they already live there).
+        The buffers this allocates count as device memory until `release(j)`."""
+        self.tiers.allocated("gpu", self.working_bytes(j))
         return self.layouts[j].decode(self.buffers[j].read())
+
+    def release(self, j: int):
+        """The caller dropped the tensors of a `load(j)`."""
+        self.tiers.released("gpu", self.working_bytes(j))
+
+    def working_bytes(self, j: int) -> int:
+        """Device bytes a load of layer j allocates: the assembled layer unless it lives on the
+        device whole, plus its dequantized matrices."""
+        copied = 0 if self.buffers[j].only_tier() == "gpu" else self.layouts[j].nbytes
+        return copied + self.layouts[j].decoded_bytes
 
     def nbytes(self) -> int:
         return sum(layout.nbytes for layout in self.layouts)
