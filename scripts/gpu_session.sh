@@ -6,7 +6,8 @@
 # 1. Installs the wheels carried in .whl/ (if any) into /tmp/site, never over the machine's torch.
 # 2. Runs the runtime's parity/invariance/compression tests with FLEXGEN_TEST_DEVICE=cuda (fp32 on the GPU
 #    against HF fp32 on the CPU) and records pytest's summary.
-# 3. Runs scripts/gpu_bench.sh (OPT-6.7B and OPT-30B, dummy fp16 weights, GPU capped to 16 GiB).
+# 3. Profiles a decode step (scripts/profile_decode.py: per-step time of several policies beside HF).
+# 4. Runs scripts/gpu_bench.sh (OPT-6.7B and OPT-30B, dummy fp16 weights, GPU capped to 16 GiB).
 # Everything lands in one archive, OUT_DIR/gpu_session.tgz (the device tool returns at most 8 files),
 # plus OUT_DIR/gpu_session.log. Each step has its own time limit so the archive is always written.
 set -uo pipefail
@@ -37,6 +38,10 @@ FLEXGEN_TEST_DEVICE=cuda timeout "${GPU_TEST_LIMIT:-120}" "$PYTHON" -m pytest -q
   tests/test_parity.py tests/test_invariance.py tests/test_compression.py tests/test_prefix_sharing.py \
   tests/test_sampling.py tests/test_tiers.py 2>&1 | tee "$WORK/gpu_tests.log" | tail -n 30
 echo "gpu tests exit ${PIPESTATUS[0]}"
+
+echo "== where a decode step's time goes (OPT-1.3B, batch 4, fp16)"
+timeout "${PROFILE_LIMIT:-150}" "$PYTHON" scripts/profile_decode.py --model opt-1.3b --device cuda --out "$WORK" \
+  || echo "profile_decode exit $?"
 
 echo "== GPU benchmark"
 bash scripts/gpu_bench.sh --out "$WORK" --wheel .whl/flexgen-0.1.8-py3-none-any.whl
