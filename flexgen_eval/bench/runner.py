@@ -190,7 +190,7 @@ class Bench:
         from flexgen_core.planner import plan_policy
 
         if cfg.policy == "auto":
-            self.plan = plan_policy(spec, cfg.prompt_len, cfg.gen_len, self.budget.as_memory(), self.profile,
+            self.plan = plan_policy(spec, cfg.prompt_len, cfg.gen_len, self.budget.planner_memory(), self.profile,
                                     dtype_bytes=self.dt, max_block_size=cfg.max_batch)
             policy, how = self.plan.policy, f"planner (max block {cfg.max_batch}); binding: {self.plan.binding}"
         else:
@@ -248,7 +248,7 @@ class Bench:
         cfg, pad = self.cfg, self.spec.pad_token_id if self.spec.pad_token_id is not None else 0
         t0 = time.perf_counter()
         if e.name == "flexgen":
-            e.system = systems.Ours(self.path or cfg.model, cfg.dummy_weights, self.policy, self.budget.as_memory(),
+            e.system = systems.Ours(self.path or cfg.model, cfg.dummy_weights, self.policy, self.budget.planner_memory(),
                                     self.device.type, self.dtype, self.offload_dir)
         elif e.name == "accelerate":
             e.system = systems.AccelerateOffload(self.spec, self._hf_checkpoint(), e.batch, e.details["max_memory"],

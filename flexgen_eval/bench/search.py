@@ -40,6 +40,13 @@ class Budget:
     def as_memory(self) -> dict:
         return {"gpu": self.gpu, "cpu": self.cpu, "disk": self.disk}
 
+    def planner_memory(self) -> dict:
+        """The budget our planner gets: on a CPU both memory tiers are the same RAM, so the whole
+        of it is offered as the compute tier (views, no per-step copy), as accelerate gets it."""
+        if self.device == "cpu":
+            return {"gpu": self.gpu + self.cpu, "cpu": 0, "disk": self.disk}
+        return self.as_memory()
+
     @property
     def compute_memory(self) -> int:
         """Memory the compute device can use directly: the GPU's, or on a CPU all the RAM (the
