@@ -29,25 +29,23 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-MIX = (20, 30, 50)
-
-
 def grid():
-    """(name, Policy kwargs): >= 12 placements and shapes, disk included."""
-    dev, cpu, disk = (100, 0, 0), (0, 100, 0), (0, 0, 100)
+    """(name, Policy kwargs): 12 placements and block shapes for a RAM budget that holds about a
+    fifth of the weights besides the streaming buffers, so every one streams from disk."""
+    disk, d90, d80 = (0, 0, 100), (10, 0, 90), (20, 0, 80)
     return [
-        ("resident 4x1", dict(gpu_batch_size=4)),
-        ("resident 8x1", dict(gpu_batch_size=8)),
-        ("resident 16x1", dict(gpu_batch_size=16)),
-        ("resident 4x4", dict(gpu_batch_size=4, num_gpu_batches=4)),
-        ("weights cpu 8x1", dict(weights=cpu, gpu_batch_size=8)),
-        ("weights 50/50/0, cache 50/50/0 8x1", dict(weights=(50, 50, 0), cache=(50, 50, 0), gpu_batch_size=8)),
-        ("weights 50/0/50 8x1", dict(weights=(50, 0, 50), gpu_batch_size=8)),
-        ("weights disk 8x1", dict(weights=disk, gpu_batch_size=8)),
-        ("weights disk 8x1 no overlap", dict(weights=disk, gpu_batch_size=8, overlap=False)),
-        ("weights disk 16x2", dict(weights=disk, gpu_batch_size=16, num_gpu_batches=2)),
-        ("cache disk 8x1", dict(cache=disk, gpu_batch_size=8)),
-        ("mixed 20/30/50 everything 8x1", dict(weights=MIX, cache=MIX, activations=MIX, gpu_batch_size=8)),
+        ("disk 4x1", dict(weights=disk, gpu_batch_size=4)),
+        ("disk 8x1", dict(weights=disk, gpu_batch_size=8)),
+        ("disk 16x1", dict(weights=disk, gpu_batch_size=16)),
+        ("disk 32x1", dict(weights=disk, gpu_batch_size=32)),
+        ("disk 8x4", dict(weights=disk, gpu_batch_size=8, num_gpu_batches=4)),
+        ("disk 8x1 no overlap", dict(weights=disk, gpu_batch_size=8, overlap=False)),
+        ("90% disk 8x1", dict(weights=d90, gpu_batch_size=8)),
+        ("90% disk 16x1", dict(weights=d90, gpu_batch_size=16)),
+        ("80% disk 16x1", dict(weights=d80, gpu_batch_size=16)),
+        ("80% disk 8x2", dict(weights=d80, gpu_batch_size=8, num_gpu_batches=2)),
+        ("disk, cache on disk 16x1", dict(weights=disk, cache=disk, gpu_batch_size=16)),
+        ("90% disk, activations on disk 16x1", dict(weights=d90, activations=disk, gpu_batch_size=16)),
     ]
 
 
@@ -88,10 +86,9 @@ def main(argv=None):
     ap.add_argument("--gen-len", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--profile", default=None, help="hardware profile JSON (default: measure one now)")
-    ap.add_argument("--budget-gpu", type=float, default=0.6,
-                    help="planner budget of the device tier, as a fraction of the weights' bytes (default 0.6)")
-    ap.add_argument("--budget-cpu", type=float, default=0.3,
-                    help="planner budget of the CPU tier, as a fraction of the weights' bytes (default 0.3)")
+    ap.add_argument("--ram", type=float, default=1.0,
+                    help="RAM budget as a fraction of the weights' bytes (default 1.0); on a CPU it is all "
+                         "offered as the compute tier, the rest of the weights go to disk")
     ap.add_argument("--out", default=os.path.join(REPO, "results", "planner_cpu"))
     args = ap.parse_args(argv)
 
@@ -150,8 +147,7 @@ def main(argv=None):
         for name, kw in grid():
             _, ests[name] = run_policy(name, Policy(**kw))
         weight_bytes = BlockModel(spec, Policy(), args.prompt_len, args.gen_len, profile, 4).total_weight_bytes
-        budget = {"gpu": int(args.budget_gpu * weight_bytes), "cpu": int(args.budget_cpu * weight_bytes),
-                  "disk": 64 << 30}
+        budget = {"gpu": int(args.ram * weight_bytes), "cpu": 0, "disk": 64 << 30}
         report["models"][model] = {"dummy_weights": dummy, "rows": rows, "budget_bytes": budget}
         write(report, args.out)
         plan = plan_policy(spec, args.prompt_len, args.gen_len, budget, profile, dtype_bytes=4,
