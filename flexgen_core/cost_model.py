@@ -190,7 +190,8 @@ class BlockModel:
         hw = self.hw
         flops = 2 * self.b * tokens * numel
         rate = hw.gemm_flops_prefill if prefill else hw.gemm_flops_decode
-        return max(flops / rate, numel * self.dt / hw.device_mem_bw)  # small batches read-bound
+        # small batches are bound by reading the weights, at the rate a few-row matmul reads them
+        return max(flops / rate, numel * self.dt / (hw.gemv_bw or hw.device_mem_bw))
 
     def _attention(self, step: Step) -> dict:
         """Attention and the KV cache traffic of one decoder layer, all batches of the block."""
@@ -216,7 +217,8 @@ class BlockModel:
         old = self.cache_bytes(L - 1) * kv_read * k  # positions before this token
         new = self.cache_bytes(1) * k
         out["d2h"] += off_device("c", new / hw.d2h_cache_bw)
-        out["disk"] += Lin.var("c_disk", scale=new / hw.disk_write_cache_bw + old / hw.disk_read_cache_bw)
+        out["disk"] += Lin.var("c_disk", scale=new / hw.disk_write_cache_bw + old / hw.disk_read_cache_bw
+                               + 4 * k * hw.disk_cache_op_s)  # K and V: one read, one write per batch
         if self.shape.cpu_attention:  # CPU and disk rows are attended on the CPU; only q and out move
             out["device"] += Lin.var("c_gpu", scale=k * device_time)
             cpu_time = max(flops / hw.cpu_attn_flops, read_dt / hw.cpu_mem_bw)

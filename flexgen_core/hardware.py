@@ -39,6 +39,11 @@ class HardwareProfile:
     cpu_gemm_flops: float
     cpu_attn_flops: float  # CPU attention over CPU-resident cache (decode)
     cpu_mem_bw: float
+    # small-batch matmul over weights that are not in cache (decode with a few sequences per GPU
+    # batch), as bytes of weights per second; None: device_mem_bw
+    gemv_bw: float | None = None
+    # fixed cost of one KV-cache read or write on the disk tier (a memory-mapped slice), seconds
+    disk_cache_op_s: float = 0.0
     # informational: the unpinned link rates (the runtime pins what it streams)
     h2d_bw_pageable: float | None = None
     d2h_bw_pageable: float | None = None
@@ -52,6 +57,8 @@ class HardwareProfile:
             v = getattr(self, f.name)
             if f.name.endswith(("_bw", "_flops", "_pageable")) and v is not None and not v > 0:
                 raise ValueError(f"HardwareProfile.{f.name} must be positive, got {v!r}")
+        if not self.disk_cache_op_s >= 0:
+            raise ValueError(f"HardwareProfile.disk_cache_op_s must be >= 0, got {self.disk_cache_op_s!r}")
         object.__setattr__(self, "memory", {k: parse_size(v) for k, v in dict(self.memory).items()})
 
     def to_dict(self) -> dict:
@@ -157,7 +164,7 @@ PRESETS: dict[str, HardwareProfile] = {
                 "fp32, disk with O_DIRECT, 2026-11-26; rates vary with load: measure your own"),
         h2d_bw=7.2e9, d2h_bw=7.2e9, d2h_cache_bw=3.8e9, h2d_bw_pageable=7.2e9, d2h_bw_pageable=7.2e9,
         disk_read_bw=1.27e9, disk_write_bw=2.13e9, disk_read_cache_bw=1.07e9, disk_write_cache_bw=1.18e9,
-        device_mem_bw=15e9,
+        device_mem_bw=15e9, gemv_bw=8.7e9, disk_cache_op_s=1e-5,
         gemm_flops_prefill=59.6e9, gemm_flops_decode=11.5e9, bmm_flops_prefill=34.5e9, bmm_flops_decode=4.0e9,
         cpu_gemm_flops=59.6e9, cpu_attn_flops=4.0e9, cpu_mem_bw=15e9,
     ),
@@ -223,7 +230,9 @@ def measure_profile(offload_dir: str, device: str | None = None, *, link_bytes: 
         bmm_flops_prefill=_bmm_rate(dev, dtype, *bmm_p, timeit),
         bmm_flops_decode=_bmm_rate(dev, dtype, *bmm_d, timeit),
         device_mem_bw=_read_bw(dev, dtype, 256 << 20, timeit),
+        gemv_bw=_gemv_bw(dev, dtype, 8192 if device == "cuda" else 4096, timeit),
     )
+    disk["disk_cache_op_s"] = _disk_cache_op_s(offload_dir)
     cpu = torch.device("cpu")
     cpu_time = lambda fn: _mean_time(fn, lambda: None, min_time)  # noqa: E731
     if device == "cpu":
@@ -359,6 +368,42 @@ def _bmm_rate(dev, dtype, batch: int, q: int, d: int, keys: int, timeit) -> floa
 
     a, b = torch.randn(batch, q, d, device=dev).to(dtype), torch.randn(batch, d, keys, device=dev).to(dtype)
     return 2 * batch * q * d * keys / timeit(lambda: torch.bmm(a, b))
+
+
+def _gemv_bw(dev, dtype, n: int, timeit, rows: int = 4) -> float:
+    """Weight bytes per second of a `rows`-row matmul over an n x n matrix larger than the caches:
+    what decode with a small GPU batch gets, well below a plain read on a CPU."""
+    import torch
+
+    w = torch.randn(n, n, device=dev).to(dtype)
+    x = torch.randn(rows, n, device=dev).to(dtype)
+    return w.numel() * w.element_size() / timeit(lambda: torch.nn.functional.linear(x, w))
+
+
+def _disk_cache_op_s(offload_dir: str, rows: int = 12, positions: int = 256, width: int = 64) -> float:
+    """Seconds per KV-cache operation on the disk tier, done as the runtime does it (a slice of a
+    memory-mapped file read, one position written), less the bytes' share at the bulk rates."""
+    import time
+
+    import torch
+
+    from .tiers import DiskArray
+
+    path = os.path.join(offload_dir, f".flexgen-profile-cache-{os.getpid()}.bin")
+    try:
+        arr = DiskArray(path, (rows, positions, width), torch.float32)
+        new = torch.randn(rows, 1, width)
+        arr.tensor[:] = torch.randn(rows, positions, width)
+        ops, start = 0, time.perf_counter()
+        while ops < 8 or time.perf_counter() - start < 0.2:
+            t = ops % positions
+            arr.tensor[:, t:t + 1] = new
+            arr.tensor[:, :t + 1].clone()
+            ops += 2
+        return (time.perf_counter() - start) / ops
+    finally:
+        if os.path.exists(path):
+            os.remove(path)
 
 
 def _read_bw(dev, dtype, nbytes: int, timeit) -> float:

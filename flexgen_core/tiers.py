@@ -127,12 +127,15 @@ class DiskArray:
                 os.posix_fadvise(f.fileno(), offset, n, os.POSIX_FADV_DONTNEED)
         return out
 
-    def write_all(self, value: torch.Tensor):
+    def write_all(self, value: torch.Tensor, durable: bool = True):
+        """Write the whole file. Durable (weights, reused across runs) waits for the disk; a
+        transient write (activations) lets the kernel write back in its own time."""
         data = value.contiguous().cpu().view(torch.uint8).numpy()
         with open(self.path, "wb") as f:
             f.write(memoryview(data).cast("B"))
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
             if hasattr(os, "posix_fadvise"):
                 os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
@@ -186,7 +189,7 @@ class TieredRows:
         src = value[start:end]
         if tier == "disk":
             if index is None:
-                storage.write_all(src)
+                storage.write_all(src, durable=False)
             else:
                 storage.tensor[:, index] = src.cpu()
         else:
