@@ -35,7 +35,7 @@ class _PaddedBatches:
             self.prompts.append(ids.to(device))
             self.valid.append(valid.to(device))
             self.real_lens.append(torch.tensor([len(rows[i]) for i in group], device=device))
-            if positions is not None:
+            if positions is not None and any(_packed(positions[i], segments[i]) for i in group):
                 pos = torch.zeros((len(group), width), dtype=torch.long)
                 seg = torch.zeros((len(group), width), dtype=torch.long)
                 for r, i in enumerate(group):
@@ -44,6 +44,9 @@ class _PaddedBatches:
                     seg[r, width - n:] = torch.tensor(segments[i], dtype=torch.long)
                 self.packed_positions.append(pos.to(device))
                 self.segments.append(seg.to(device))
+            else:  # plain causal rows: the fused causal attention path, no explicit mask
+                self.packed_positions.append(None)
+                self.segments.append(None)
         self._inputs: dict = {}
 
     def prompt_len(self, k: int) -> int:
@@ -54,7 +57,7 @@ class _PaddedBatches:
         if key not in self._inputs:
             self._inputs = {kk: v for kk, v in self._inputs.items() if kk[0] == step}  # keep only this step
             if step == 0:
-                if self.packed_positions:
+                if self.packed_positions[k] is not None:
                     positions = self.packed_positions[k]
                 else:
                     valid = self.valid[k][:, : self.prompt_lens[k]]
@@ -71,7 +74,7 @@ class _PaddedBatches:
     def prefill_mask(self, k: int, window: int | None) -> torch.Tensor | None:
         """An explicit mask for packed rows or a window shorter than the rows; None when plain
         causal attention over the left padding (`pads`) says it all."""
-        segments = self.segments[k] if self.segments else None
+        segments = self.segments[k]
         if segments is None and (window is None or self.prompt_lens[k] <= window):
             return None
         return prefill_mask(self.key_valid(0, k), self.inputs(0, k)[1], segments, window)
@@ -81,6 +84,12 @@ class _PaddedBatches:
 
     def next_tokens(self, k: int) -> torch.Tensor:
         raise NotImplementedError
+
+
+def _packed(positions: list[int], segments: list[int]) -> bool:
+    """Whether a row needs its packed positions and segment mask: a context with one continuation
+    (segments 0 and 1, positions 0..n-1) is a plain causal row, e.g. every LAMBADA or wikitext request."""
+    return max(segments) > 1 or positions != list(range(len(positions)))
 
 
 class GenerationJob(_PaddedBatches):
