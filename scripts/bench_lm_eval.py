@@ -15,6 +15,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -111,12 +112,15 @@ def main() -> int:
     parser.add_argument("--flexgen_args", default="", help="extra flexgen model_args, e.g. gpu_batch_size=32")
     parser.add_argument("--out", default=os.path.join(REPO, "results"), help="where lm_eval_cpu.{md,json} go")
     parser.add_argument("--work", default="/tmp/flexgen-bench-lm-eval", help="lm_eval outputs and logs")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="runs of each backend per task, alternating hf and flexgen; the median is reported")
     args = parser.parse_args()
     if not os.environ.get("FLEXGEN_DATA_DIR"):
         parser.error("FLEXGEN_DATA_DIR is not set: point it at the shared benchmark data")
     from flexgen_core.llm import resolve_checkpoint
 
     model_dir = resolve_checkpoint(args.model)
+    load_start = os.getloadavg()
     rows = []
     for task in args.tasks.split(","):
         if task not in TASKS:
@@ -125,14 +129,17 @@ def main() -> int:
         row = {"task": task, "limit": limit}
         # the same command for both but --model: flexgen reads an explicit --batch_size as gpu_batch_size
         batch = HF_BATCH.get(task, 16)
-        for model, extra in (("hf", ""), ("flexgen", args.flexgen_args)):
-            model_args = f"pretrained={model_dir},dtype=float32" + (f",{extra}" if extra else "")
-            out_dir = os.path.join(args.work, model, task)
-            cmd = lm_eval_command(model, model_args, task, limit, out_dir, batch)
-            print(f"[{task}] {model}: {' '.join(cmd)}", flush=True)
-            row[f"{model}_seconds"] = run(cmd, out_dir + ".log")
-            row[f"{model}_command"] = " ".join(cmd)
-            row[f"{model}_metrics"], row[f"{model}_samples"] = load_outputs(out_dir, task)
+        for k in range(args.rounds):  # alternating, so a change in the machine's load hits both
+            for model, extra in (("hf", ""), ("flexgen", args.flexgen_args)):
+                model_args = f"pretrained={model_dir},dtype=float32" + (f",{extra}" if extra else "")
+                out_dir = os.path.join(args.work, model, task)
+                cmd = lm_eval_command(model, model_args, task, limit, out_dir, batch)
+                print(f"[{task}] {model} round {k + 1}/{args.rounds}: {' '.join(cmd)}", flush=True)
+                row.setdefault(f"{model}_runs_seconds", []).append(run(cmd, out_dir + ".log"))
+                row[f"{model}_command"] = " ".join(cmd)
+                row[f"{model}_metrics"], row[f"{model}_samples"] = load_outputs(out_dir, task)
+        for model in ("hf", "flexgen"):
+            row[f"{model}_seconds"] = statistics.median(row[f"{model}_runs_seconds"])
         row["speedup"] = row["hf_seconds"] / row["flexgen_seconds"]
         row["identical_metrics"] = same_metrics(row["hf_metrics"], row["flexgen_metrics"])
         row["max_loglik_diff"], row["mismatched_responses"] = sample_difference(row.pop("hf_samples"),
@@ -142,7 +149,8 @@ def main() -> int:
         rows.append(row)
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join([os.path.relpath(sys.executable, REPO)] + sys.argv), "model": model_dir,
-              "scale": args.scale, "machine": machine(), "runs": rows}
+              "scale": args.scale, "rounds": args.rounds, "load_avg_start": load_start, "load_avg_end": os.getloadavg(),
+              "machine": machine(), "runs": rows}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "lm_eval_cpu.json"), "w") as f:
         json.dump(report, f, indent=1, default=str)
@@ -162,7 +170,10 @@ def markdown(report: dict) -> str:
         f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, torch {m['torch']}, GPU: {m['gpu']}",
         f"- documents: {report['scale']:g} x the issue's sizes; wall time of whole `lm_eval` processes "
         "(start-up and model load included); the same `--batch_size` for both (flexgen: its gpu_batch_size), "
-        "4 for wikitext (HF needs ~26 GB at 16)", "",
+        "4 for wikitext (HF needs ~26 GB at 16)",
+        f"- median of {report.get('rounds', 1)} run(s) per backend, hf and flexgen alternating; load average "
+        f"at start / end: {', '.join(f'{x:.1f}' for x in report.get('load_avg_start', [])) or '-'} / "
+        f"{', '.join(f'{x:.1f}' for x in report.get('load_avg_end', [])) or '-'}", "",
         "| task | docs | hf s | flexgen s | speed-up | identical metrics | max per-sample loglik diff | other mismatches |",
         "|---|---:|---:|---:|---:|---|---:|---:|",
     ]
