@@ -189,9 +189,10 @@ class BlockModel:
     def _gemm(self, numel: int, tokens: int, prefill: bool) -> float:
         hw = self.hw
         flops = 2 * self.b * tokens * numel
+        if hw.gemv_bw:  # measured: bound by reading the weights (few rows) or by the large-matmul rate
+            return max(flops / hw.gemm_flops_prefill, numel * self.dt / hw.gemv_bw)
         rate = hw.gemm_flops_prefill if prefill else hw.gemm_flops_decode
-        # small batches are bound by reading the weights, at the rate a few-row matmul reads them
-        return max(flops / rate, numel * self.dt / (hw.gemv_bw or hw.device_mem_bw))
+        return max(flops / rate, numel * self.dt / hw.device_mem_bw)  # small batches read-bound
 
     def _attention(self, step: Step) -> dict:
         """Attention and the KV cache traffic of one decoder layer, all batches of the block."""

@@ -130,6 +130,13 @@ def main() -> int:
         c4_ratios=ratios(main_rows, "4-bit"),
         opt30_gpu=format_size(opt30["paper_policy_estimate"]["peak_memory_bytes"]["gpu"]),
         versus=versus(main_rows), plans="\n\n".join(r["plan_text"] for r in main_rows))
+    measured = os.path.join(args.out_dir, "planner_cpu.md")
+    if os.path.exists(measured):  # the measured check on this CPU (scripts/validate_planner.py)
+        with open(measured) as f:
+            body = f.read().split("\n", 1)[1]
+        text += ("\n## Measured on this CPU: cost model and planner vs real runs\n\nFrom `planner_cpu.md` "
+                 "(`planner_cpu.json` beside it), written by `scripts/validate_planner.py`:\n"
+                 + body.replace("\n## ", "\n### "))
     with open(os.path.join(args.out_dir, "planner.md"), "w") as f:
         f.write(text)
     print(f"wrote {args.out_dir}/planner.md and planner.json", file=sys.stderr)

@@ -90,7 +90,13 @@ def main(argv=None):
                     help="RAM budget as a fraction of the weights' bytes (default 1.0); on a CPU it is all "
                          "offered as the compute tier, the rest of the weights go to disk")
     ap.add_argument("--out", default=os.path.join(REPO, "results", "planner_cpu"))
+    ap.add_argument("--render-from", default=None, metavar="JSON", help="only rewrite OUT.md from a run's JSON")
     args = ap.parse_args(argv)
+    if args.render_from:
+        with open(args.render_from) as f:
+            write(json.load(f), args.out)
+        print(open(args.out + ".md").read())
+        return
 
     import torch
 
@@ -167,6 +173,17 @@ def main(argv=None):
     print(open(args.out + ".md").read())
 
 
+ROUNDING = 4096  # bytes: each layer's byte buffer is split at whole bytes, each cache buffer at whole rows
+
+
+def memory_ok(row: dict) -> bool:
+    for t in ("gpu", "cpu", "disk"):
+        pred, meas = row["predicted"]["peak_bytes"][t], row["measured"]["peak_bytes"][t]
+        if pred < meas - ROUNDING or pred > 1.3 * meas + ROUNDING:
+            return False
+    return True
+
+
 def gib(n: float) -> str:
     return f"{n / 2**20:.0f} MiB"
 
@@ -201,11 +218,21 @@ def write(report: dict, out: str):
             lines.append(f"| {r['name']} ({r['policy']}) | {r['block']} | {p['total_s']:.2f} | {g['total_s']:.2f} | "
                          f"{r['time_ratio']:.2f} | {p['prefill_s']:.2f} / {g['prefill_s']:.2f} | {mem} |")
         within = sum(0.75 <= r["time_ratio"] <= 1.25 for r in m["rows"])
+        covered = sum(memory_ok(r) for r in m["rows"])
+        worst = max(r["predicted"]["peak_bytes"][t] / r["measured"]["peak_bytes"][t]
+                    for r in m["rows"] for t in ("gpu", "cpu", "disk") if r["measured"]["peak_bytes"][t])
+        best_all = max(m["rows"][:-1], key=lambda r: r["throughput_tok_s"]) if len(m["rows"]) > 1 else None
         lines += ["", f"Time within ±25%: {within} of {len(m['rows'])} policies.",
+                  f"Peak memory: predicted ≥ measured and ≤ 1.3 × measured on every tier for {covered} of "
+                  f"{len(m['rows'])} policies (largest ratio {worst:.2f}; ≥ allows {ROUNDING} bytes for rounding "
+                  "each layer's split to whole bytes).",
                   f"Planner (budget gpu {gib(m['budget_bytes']['gpu'])}, cpu {gib(m['budget_bytes']['cpu'])}, "
                   f"disk {gib(m['budget_bytes']['disk'])}): `{m['plan']['policy']}` (binding: {m['plan']['binding']}); "
                   f"best measured grid policy that fits the same budget: {m['best_fitting_grid']}; planner / best "
-                  f"= {m['planner_vs_best'] if m['planner_vs_best'] is None else round(m['planner_vs_best'], 3)}.", ""]
+                  f"= {m['planner_vs_best'] if m['planner_vs_best'] is None else round(m['planner_vs_best'], 3)}"
+                  + (f"; best of all {len(m['rows']) - 1} grid policies, fitting or not: {best_all['name']}, planner / it = "
+                     f"{m['rows'][-1]['throughput_tok_s'] / best_all['throughput_tok_s']:.3f}"
+                     if best_all and m["rows"][-1]["name"] == "planner" else "") + ".", ""]
     with open(out + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
 
