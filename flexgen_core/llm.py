@@ -69,6 +69,7 @@ class LLM:
         self.plan = None  # the planner's Plan when the policy was chosen automatically
         self.replan: dict | None = None  # planner arguments, to plan each bucket of lengths again
         self.bucket_plans: dict = {}  # (prompt bucket, new tokens) -> Plan
+        self._unplannable: set = set()  # buckets that do not fit (their prompts are planned exactly)
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -135,13 +136,24 @@ class LLM:
             return self.policy
         from .planner import plan_policy
 
+        from .planner import InfeasibleBudget
+
         bucket = max(prompt_len, min(-(-prompt_len // PROMPT_BUCKET) * PROMPT_BUCKET,
                                      self.spec.max_seq_len - new_tokens))
-        key = (bucket, new_tokens)
-        if key not in self.bucket_plans:
-            self.bucket_plans[key] = plan_policy(self.spec, bucket, new_tokens, weights=self.policy.weights,
-                                                 **self.replan)
-        return self.bucket_plans[key].policy
+        for length in dict.fromkeys((bucket, prompt_len)):  # the exact length when the bucket's does not fit
+            key = (length, new_tokens)
+            if key in self._unplannable and length != prompt_len:
+                continue
+            if key not in self.bucket_plans:
+                try:
+                    self.bucket_plans[key] = plan_policy(self.spec, length, new_tokens, weights=self.policy.weights,
+                                                         **self.replan)
+                except InfeasibleBudget:
+                    if length == prompt_len:
+                        raise
+                    self._unplannable.add(key)
+                    continue
+            return self.bucket_plans[key].policy
 
     def close(self):
         self.scheduler.close()
