@@ -147,15 +147,15 @@ def main() -> int:
         print(f"[{task}] hf {row['hf_seconds']:.1f}s flexgen {row['flexgen_seconds']:.1f}s "
               f"x{row['speedup']:.2f} identical={row['identical_metrics']}", flush=True)
         rows.append(row)
-    report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "command": " ".join([os.path.relpath(sys.executable, REPO)] + sys.argv), "model": model_dir,
-              "scale": args.scale, "rounds": args.rounds, "load_avg_start": load_start, "load_avg_end": os.getloadavg(),
-              "machine": machine(), "runs": rows}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "lm_eval_cpu.json"), "w") as f:
-        json.dump(report, f, indent=1, default=str)
-    with open(os.path.join(args.out, "lm_eval_cpu.md"), "w") as f:
-        f.write(markdown(report))
+        report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  "command": " ".join([os.path.relpath(sys.executable, REPO)] + sys.argv), "model": model_dir,
+                  "scale": args.scale, "rounds": args.rounds, "load_avg_start": load_start,
+                  "load_avg_end": os.getloadavg(), "machine": machine(), "runs": rows}
+        os.makedirs(args.out, exist_ok=True)  # rewritten after every task, so a cut run keeps what finished
+        with open(os.path.join(args.out, "lm_eval_cpu.json"), "w") as f:
+            json.dump(report, f, indent=1, default=str)
+        with open(os.path.join(args.out, "lm_eval_cpu.md"), "w") as f:
+            f.write(markdown(report))
     print(markdown(report))
     return 0
 
@@ -171,6 +171,7 @@ def markdown(report: dict) -> str:
         f"- documents: {report['scale']:g} x the issue's sizes; wall time of whole `lm_eval` processes "
         "(start-up and model load included); the same `--batch_size` for both (flexgen: its gpu_batch_size), "
         "4 for wikitext (HF needs ~26 GB at 16)",
+        f"- tasks finished: {len(report['runs'])}",
         f"- median of {report.get('rounds', 1)} run(s) per backend, hf and flexgen alternating; load average "
         f"at start / end: {', '.join(f'{x:.1f}' for x in report.get('load_avg_start', [])) or '-'} / "
         f"{', '.join(f'{x:.1f}' for x in report.get('load_avg_end', [])) or '-'}", "",
