@@ -382,7 +382,7 @@ def _gemv_bw(dev, dtype, n: int, timeit, rows: int = 4) -> float:
 
 def _disk_cache_op_s(offload_dir: str, rows: int = 12, positions: int = 256, width: int = 64) -> float:
     """Seconds per KV-cache operation on the disk tier, done as the runtime does it (a slice of a
-    memory-mapped file read, one position written), less the bytes' share at the bulk rates."""
+    memory-mapped file read, one position written): a fixed cost the bulk rates do not show."""
     import time
 
     import torch

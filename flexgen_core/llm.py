@@ -91,13 +91,14 @@ class LLM:
         else:
             path = resolve_checkpoint(str(name_or_dir))
             spec = ModelSpec.from_dir(path)
-        plan = None
+        plan = replan = None
         if policy is None and memory is not None:
             from .planner import plan_policy
 
-            itemsize = torch.empty((), dtype=dtype).element_size()
-            plan = plan_policy(spec, workload[0], workload[1], memory, hardware or guess_hardware(device),
-                               dtype_bytes=itemsize, compress_weight=compress_weight, compress_cache=compress_cache)
+            replan = dict(memory=memory, hardware=hardware or guess_hardware(device),
+                          dtype_bytes=torch.empty((), dtype=dtype).element_size(),
+                          compress_weight=compress_weight, compress_cache=compress_cache)
+            plan = plan_policy(spec, workload[0], workload[1], **replan)
             policy = plan.policy
         policy = policy or Policy(compress_weight=compress_weight, compress_cache=compress_cache)
         if memory is not None:
@@ -121,11 +122,7 @@ class LLM:
                 bar.close()
         tokenizer = _load_tokenizer(path) if path else None
         llm = cls(spec, layers, weights, tiers, policy, dtype, tokenizer, path)
-        llm.plan = plan
-        if plan is not None:
-            llm.replan = dict(memory=memory, hardware=hardware or guess_hardware(device),
-                              dtype_bytes=torch.empty((), dtype=dtype).element_size(),
-                              compress_weight=compress_weight, compress_cache=compress_cache)
+        llm.plan, llm.replan = plan, replan
         return llm
 
     def policy_for(self, prompt_len: int, new_tokens: int) -> Policy:
@@ -134,15 +131,13 @@ class LLM:
         to a multiple of PROMPT_BUCKET), keeping the weights where they were loaded."""
         if self.replan is None:
             return self.policy
-        from .planner import plan_policy
-
-        from .planner import InfeasibleBudget
+        from .planner import InfeasibleBudget, plan_policy
 
         bucket = max(prompt_len, min(-(-prompt_len // PROMPT_BUCKET) * PROMPT_BUCKET,
                                      self.spec.max_seq_len - new_tokens))
         for length in dict.fromkeys((bucket, prompt_len)):  # the exact length when the bucket's does not fit
             key = (length, new_tokens)
-            if key in self._unplannable and length != prompt_len:
+            if key in self._unplannable:
                 continue
             if key not in self.bucket_plans:
                 try:

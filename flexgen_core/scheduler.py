@@ -94,7 +94,6 @@ class _Ready:
 class Scheduler:
     def __init__(self, layers, weights, tiers: TierSet, policy: Policy, spec, dtype: torch.dtype):
         self.layers, self.weights, self.tiers, self.policy, self.spec = layers, weights, tiers, policy, spec
-        self.attn_sparsity = policy.attn_sparsity  # of the block being run
         self.dtype = dtype
         self.cache_quant = (QuantConfig(policy.compression_bits, policy.compression_group_size)
                             if policy.compress_cache else None)
@@ -116,7 +115,6 @@ class Scheduler:
             cache = BlockCache(self.tiers, spec.num_layers, shapes, spec.num_kv_heads, spec.head_dim, self.dtype,
                                policy.cache, policy.cpu_attention, self.cache_quant, policy.attn_sparsity)
         acts = Activations(self.tiers, policy.activations, self.data_queue)
-        self.attn_sparsity = policy.attn_sparsity
         n_layers = len(self.layers)
         pending_w = self.weight_queue.submit(self.weights.load, 0)
         held = [0]  # layers whose loaded weights count as device memory until released
@@ -143,7 +141,8 @@ class Scheduler:
                         positions = job.inputs(step, k)[1]
                         attend = None
                         if layer.kind == "decoder":
-                            attend = self._attend_fn(job, step, j - 1, k, cache, segments, masks)
+                            attend = self._attend_fn(job, step, j - 1, k, cache, segments, masks,
+                                                     policy.attn_sparsity)
                         y = layer.forward(x, w, _Context(positions, attend=attend))
                         acts.put(k, y)
                     del w
@@ -175,7 +174,7 @@ class Scheduler:
 
         return fetch
 
-    def _attend_fn(self, job, step, layer_index, k, cache, segments, masks):
+    def _attend_fn(self, job, step, layer_index, k, cache, segments, masks, sparsity):
         window = self.spec.sliding_window
 
         def attend(q, new_k, new_v):
@@ -186,7 +185,7 @@ class Scheduler:
                 if self.cache_quant is not None:  # attend to what the cache will give back
                     seen_k = dequantize(quantize(new_k, self.cache_quant), new_k.shape[-1], self.cache_quant, new_k.dtype)
                     seen_v = dequantize(quantize(new_v, self.cache_quant), new_v.shape[-1], self.cache_quant, new_v.dtype)
-                out = prefill_attention(q, seen_k, seen_v, masks[k], job.pads(k), self.attn_sparsity)
+                out = prefill_attention(q, seen_k, seen_v, masks[k], job.pads(k), sparsity)
                 if cache is not None:
                     self.data_queue.submit(cache.store_prefill, layer_index, k, new_k, new_v)
                 return out

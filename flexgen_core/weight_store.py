@@ -172,8 +172,8 @@ class WeightSource:
         self.identity = identity or (path or "")
 
     def cache_key(self, dtype: torch.dtype, percents, quant=None) -> str:
-        stamp = {"id": self.identity, "dummy": "tiled" if self.dummy else False, "dtype": str(dtype), "split": list(percents),
-                 "quant": None if quant is None else [quant.bits, quant.group_size]}
+        stamp = {"id": self.identity, "dummy": "tiled" if self.dummy else False, "dtype": str(dtype),
+                 "split": list(percents), "quant": None if quant is None else [quant.bits, quant.group_size]}
         if self.reader is not None:
             stamp["files"] = sorted(
                 (os.path.basename(f), os.path.getsize(f), int(os.path.getmtime(f))) for f in set(self.reader.index.values())
