@@ -75,25 +75,44 @@ def off_device(kind: str, scale: float = 1.0) -> Lin:
 
 @lru_cache(maxsize=64)
 def layer_numels(spec: ModelSpec) -> tuple[int, int, int]:
-    """Elements of the embedding layer, one decoder layer and the head (which holds its own
-    copy of a tied embedding). Counted from the family's weight list, as the runtime packs it."""
+    """Elements the embedding layer, one decoder layer and the head stream every step, counted
+    from the family's weight list as the runtime packs it. Embedding tables are looked up by row,
+    never streamed, so the embedding layer streams little or nothing."""
+    return _numels(spec)[0]
+
+
+@lru_cache(maxsize=64)
+def stored_numels(spec: ModelSpec) -> tuple[int, int, int]:
+    """Elements each kind of layer stores: what it streams plus the lookup tables it keeps (a
+    tied embedding is stored once, in the head that multiplies with it)."""
+    return _numels(spec)[1]
+
+
+def _numels(spec: ModelSpec):
     try:
         from .families import family_of
+        from .layers import storage_plan
 
         layers = family_of(spec).build_layers(spec)
-        by_kind = {}
-        for layer in layers:
-            by_kind.setdefault(layer.kind, sum(w.numel for w in layer.weight_specs()))
-        return by_kind["embed"], by_kind["decoder"], by_kind["head"]
+        streamed, stored = {}, {}
+        for layer, (moving, tables) in zip(layers, storage_plan(layers)):
+            streamed.setdefault(layer.kind, sum(w.numel for w in moving))
+            stored.setdefault(layer.kind, sum(w.numel for w in moving + tables))
+        kinds = ("embed", "decoder", "head")
+        return tuple(streamed[k] for k in kinds), tuple(stored[k] for k in kinds)
     except (ImportError, AttributeError, KeyError):  # families not available: the same count by formula
         h, proj = spec.hidden_size, spec.word_embed_proj_dim or spec.hidden_size
-        embed = head = spec.vocab_size * proj
+        table = spec.vocab_size * proj
+        embed_streamed = h * proj if spec.family == "opt" and proj != h else 0
+        embed = embed_streamed + (0 if spec.tie_embeddings else table)
+        head = spec.vocab_size * proj
         if spec.family == "opt":
-            embed += (spec.max_seq_len + 2) * h + (h * proj if proj != h else 0)
+            embed += (spec.max_seq_len + 2) * h
             head += (2 * h if spec.do_layer_norm_before else 0) + (h * proj if proj != h else 0)
         else:
             head += h
-        return embed, spec.layer_weight_numel(), head
+        layer = spec.layer_weight_numel()
+        return (embed_streamed, layer, head), (embed, layer, head)
 
 
 def compressed_bytes_per_element(bits: int, group_size: int) -> float:
@@ -139,7 +158,8 @@ class BlockModel:
         comp = compressed_bytes_per_element(shape.compression_bits, shape.compression_group_size)
         self.wb = comp if shape.compress_weight else dtype_bytes  # weight bytes/element at rest and in flight
         self.cb = comp if shape.compress_cache else dtype_bytes
-        self.numel = dict(zip(("embed", "decoder", "head"), layer_numels(spec)))
+        self.numel = dict(zip(("embed", "decoder", "head"), layer_numels(spec)))  # streamed per step
+        self.stored = dict(zip(("embed", "decoder", "head"), stored_numels(spec)))
         self.count = {"embed": 1, "decoder": spec.num_layers, "head": 1}
         self.steps = token_steps(prompt_len, gen_len)
         self._terms = None
@@ -155,7 +175,7 @@ class BlockModel:
 
     @property
     def total_weight_bytes(self) -> float:
-        return sum(self.numel[k] * self.count[k] for k in self.numel) * self.wb
+        return sum(self.stored[k] * self.count[k] for k in self.stored) * self.wb
 
     # -- time --------------------------------------------------------------------------
     def busy(self, kind: str, step: Step) -> dict:

@@ -17,6 +17,9 @@ class WeightSpec:
     name: str  # checkpoint key (HF naming)
     shape: tuple[int, ...]
     init: str = "normal"  # dummy-weight fill: "normal", "ones" or "zeros"
+    # read by row index only (an embedding table): never streamed whole, only the rows a step
+    # looks up are read from wherever the table lives
+    lookup: bool = False
 
     @property
     def numel(self) -> int:
@@ -47,3 +50,23 @@ def selected_rows(hidden: torch.Tensor, select: torch.Tensor | None) -> torch.Te
     """[b, s, h] -> [n, h]: only the positions whose logits are needed reach the head."""
     flat = hidden.reshape(-1, hidden.shape[-1])
     return flat if select is None else flat.index_select(0, select)
+
+
+def lookup(table, ids: torch.Tensor) -> torch.Tensor:
+    """Rows `ids` of an embedding table: a tensor, or a `RowTable` that reads only those rows."""
+    if isinstance(table, torch.Tensor):
+        return torch.nn.functional.embedding(ids, table)
+    return table.lookup(ids)
+
+
+def storage_plan(layers) -> list[tuple[list[WeightSpec], list[WeightSpec]]]:
+    """Per layer: the tensors it streams whole every step, and the lookup tables it stores. A
+    table that another layer streams (a tied embedding, which the head multiplies with) is
+    stored there, once, and looked up from there."""
+    streamed_names = {s.name for layer in layers for s in layer.weight_specs() if not s.lookup}
+    plan = []
+    for layer in layers:
+        specs = layer.weight_specs()
+        plan.append(([s for s in specs if not s.lookup],
+                     [s for s in specs if s.lookup and s.name not in streamed_names]))
+    return plan

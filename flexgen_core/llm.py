@@ -9,6 +9,7 @@ import torch
 from .compression import QuantConfig
 from .families import family_of
 from .jobs import GenerationJob, ScoringJob
+from .layers import storage_plan
 from .outputs import CompletionOutput, RequestOutput, ScoreOutput
 from .policy import TIERS, Policy
 from .prefix_sharing import pack_choices
@@ -331,8 +332,8 @@ def check_fits(spec: ModelSpec, policy: Policy, memory: dict, dtype: torch.dtype
     layers = family_of(spec).build_layers(spec)
     itemsize = torch.empty((), dtype=dtype).element_size()
     need = dict.fromkeys(TIERS, 0)
-    for layer in layers:
-        numel = sum(s.numel for s in layer.weight_specs())
+    for streamed, tables in storage_plan(layers):
+        numel = sum(s.numel for s in streamed + tables)
         for tier, n in zip(TIERS, split_rows(numel, policy.weights)):
             need[tier] += n * itemsize
     for tier in TIERS:

@@ -127,6 +127,25 @@ class DiskArray:
                 os.posix_fadvise(f.fileno(), offset, n, os.POSIX_FADV_DONTNEED)
         return out
 
+    def read_spans(self, offsets: list[int], span: int) -> torch.Tensor:
+        """[len(offsets), span] elements from these element offsets of a 1-D file, read with
+        pread (a few rows of a table) and dropped from the page cache like every disk read."""
+        out = torch.empty((len(offsets), span), dtype=self.dtype)
+        raw = out.view(torch.uint8).numpy()
+        nbytes = span * out.element_size()
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for i, off in enumerate(offsets):
+                pos = off * out.element_size()
+                n = os.preadv(fd, [memoryview(raw[i])], pos)
+                if n != nbytes:
+                    raise ValueError(f"offload file {self.path!r} is truncated at byte {pos + n}")
+                if hasattr(os, "posix_fadvise"):
+                    os.posix_fadvise(fd, pos, nbytes, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        return out
+
     def write_all(self, value: torch.Tensor, durable: bool = True):
         """Write the whole file. Durable (weights, reused across runs) waits for the disk; a
         transient write (activations) lets the kernel write back in its own time."""
@@ -216,20 +235,80 @@ class TieredRows:
             return host.to(self.tiers.device, non_blocking=True)
         return host
 
-    def read(self, index: slice | None = None) -> torch.Tensor:
-        """The whole tensor on the compute device (a view when it lives there entirely)."""
-        if self.only_tier() == "gpu":
-            return self.read_part(0, index)
+    def read(self, index: slice | None = None, stop: int | None = None) -> torch.Tensor:
+        """The whole tensor, or its rows [0, stop), on the compute device (a view when they live
+        there)."""
+        stop = self.shape[0] if stop is None else stop
+        first_tier, _, first_end, first = self.parts[0] if self.parts else (None, 0, 0, None)
+        if first_tier == "gpu" and stop <= first_end:
+            if stop == first_end:
+                return self.read_part(0, index)
+            self.tiers.moved("gpu", read=self._bytes(stop, index))
+            return first[:stop] if index is None else first[:stop, index]
         inner = self.shape[1:]
         if index is not None:
             inner = (len(range(*index.indices(self.shape[1]))),) + self.shape[2:]
-        out = torch.empty((self.shape[0],) + inner, dtype=self.dtype, device=self.tiers.device)
+        out = torch.empty((stop,) + inner, dtype=self.dtype, device=self.tiers.device)
         for i, (tier, start, end, storage) in enumerate(self.parts):
-            if tier == "disk" and index is None and not self.tiers.on_cuda:
-                self.tiers.moved(tier, read=self._bytes(end - start, None))
-                storage.read_into(out[start:end])  # straight into the compute buffer
-            else:
+            if start >= stop:
+                break
+            if end <= stop and not (tier == "disk" and index is None and not self.tiers.on_cuda):
                 out[start:end].copy_(self.read_part(i, index), non_blocking=True)
+                continue
+            end = min(end, stop)
+            self.tiers.moved(tier, read=self._bytes(end - start, index))
+            if tier == "disk":
+                if index is not None:
+                    out[start:end].copy_(storage.tensor[: end - start, index])
+                elif self.tiers.on_cuda:
+                    host = self.tiers.host_empty((end - start,) + inner, self.dtype)
+                    out[start:end].copy_(storage.read_into(host), non_blocking=True)
+                else:
+                    storage.read_into(out[start:end])  # straight into the compute buffer
+            else:
+                src = storage[: end - start] if index is None else storage[: end - start, index]
+                out[start:end].copy_(src, non_blocking=True)
+        return out
+
+    def gather(self, offset: int, span: int, index: torch.Tensor) -> torch.Tensor:
+        """Of a 1-D buffer: the spans [offset + i * span, offset + (i + 1) * span) for each i in
+        `index`, as [len(index), span] on the compute device. Reads only those bytes, wherever
+        they live (a lookup into a table that is not resident)."""
+        if len(self.shape) != 1:
+            raise ValueError("gather reads spans of a 1-D buffer")
+        index = index.to("cpu", torch.int64)
+        out = torch.empty((len(index), span), dtype=self.dtype, device=self.tiers.device)
+        begin = offset + index * span
+        done = torch.zeros(len(index), dtype=torch.bool)
+        for tier, start, end, storage in self.parts:
+            inside = (begin >= start) & (begin + span <= end)
+            if not bool(inside.any()):
+                continue
+            rows = inside.nonzero().squeeze(1)
+            self.tiers.moved(tier, read=len(rows) * span * self.itemsize)
+            if tier == "disk":
+                out[rows] = storage.read_spans((begin[rows] - start).tolist(), span).to(self.tiers.device)
+            else:
+                # the spans wholly inside this part, from span i0 on, as one [n, span] view
+                i0 = max(0, -(-(start - offset) // span))
+                first = offset + i0 * span - start
+                n = (end - start - first) // span
+                table = storage[first:first + n * span].view(n, span)
+                picked = index[rows] - i0
+                out[rows.to(out.device)] = table[picked.to(table.device)].to(self.tiers.device)
+            done |= inside
+        for r in (~done).nonzero().squeeze(1).tolist():  # a span across a tier boundary
+            lo = int(begin[r])
+            for tier, start, end, storage in self.parts:
+                a, b = max(lo, start), min(lo + span, end)
+                if a >= b:
+                    continue
+                self.tiers.moved(tier, read=(b - a) * self.itemsize)
+                if tier == "disk":
+                    piece = storage.read_spans([a - start], b - a)[0]
+                else:
+                    piece = storage[a - start:b - start]
+                out[r, a - lo:b - lo] = piece.to(self.tiers.device)
         return out
 
     def free(self):

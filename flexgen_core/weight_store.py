@@ -17,30 +17,41 @@ import torch
 
 from .checkpoint import CheckpointReader
 from .compression import QuantConfig, dequantize, quantize
-from .layers import WeightSpec
+from .layers import WeightSpec, storage_plan
 from .tiers import DiskArray, TieredRows, TierSet, split_rows
 
 
 class LayerLayout:
     """Where each tensor of a layer sits in the layer's byte buffer, and how it is encoded:
-    raw in the compute dtype, or group-quantized (matrices, when weights are compressed)."""
+    raw in the compute dtype, or group-quantized (matrices, when weights are compressed). The
+    tensors streamed every step come first, then the lookup tables the layer stores, so a step
+    reads one prefix of the buffer."""
 
     ALIGN = 16  # keeps every raw tensor view aligned for its dtype
 
-    def __init__(self, specs: list[WeightSpec], dtype: torch.dtype, quant: QuantConfig | None):
-        self.specs, self.dtype, self.quant = specs, dtype, quant
+    def __init__(self, streamed: list[WeightSpec], tables: list[WeightSpec], dtype: torch.dtype,
+                 quant: QuantConfig | None):
+        self.dtype, self.quant = dtype, quant
+        self.specs = streamed + tables
         self.entries = []  # (spec, byte offset, byte length, quantized)
         offset = 0
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        for spec in specs:
+        self.itemsize = torch.empty((), dtype=dtype).element_size()
+        for i, spec in enumerate(self.specs):
+            if i == len(streamed):
+                self.streamed_bytes = offset
             quantized = quant is not None and len(spec.shape) >= 2
-            rows = spec.numel // spec.shape[-1]
-            nbytes = rows * quant.packed_bytes(spec.shape[-1]) if quantized else spec.numel * itemsize
+            nbytes = spec.numel // spec.shape[-1] * self.row_bytes(spec, quantized)
             self.entries.append((spec, offset, nbytes, quantized))
             offset += -(-nbytes // self.ALIGN) * self.ALIGN
         self.nbytes = offset
+        if len(streamed) == len(self.specs):
+            self.streamed_bytes = offset
+        self.streamed = self.entries[:len(streamed)]
         # what decode() allocates: the dequantized matrices (raw tensors are views)
-        self.decoded_bytes = sum(spec.numel * itemsize for spec, _, _, quantized in self.entries if quantized)
+        self.decoded_bytes = sum(spec.numel * self.itemsize for spec, _, _, quantized in self.streamed if quantized)
+
+    def row_bytes(self, spec: WeightSpec, quantized: bool) -> int:
+        return self.quant.packed_bytes(spec.shape[-1]) if quantized else spec.shape[-1] * self.itemsize
 
     def encode(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         flat = torch.zeros(self.nbytes, dtype=torch.uint8)
@@ -53,11 +64,11 @@ class LayerLayout:
             flat[offset:offset + nbytes] = data
         return flat
 
-    def decode(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Views into `flat` for raw tensors; quantized ones are dequantized once here, on the
-        device that computes, so each layer is expanded once per block step."""
+    def decode(self, flat: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The streamed tensors: views into `flat` for raw ones; quantized ones are dequantized
+        once here, on the device that computes, so each layer is expanded once per block step."""
         out = {}
-        for spec, offset, nbytes, quantized in self.entries:
+        for spec, offset, nbytes, quantized in self.streamed:
             data = flat[offset:offset + nbytes]
             if quantized:
                 rows = spec.numel // spec.shape[-1]
@@ -67,6 +78,32 @@ class LayerLayout:
         return out
 
 
+class RowTable:
+    """An embedding table inside some layer's buffer, read row by row: a step looks up a few
+    token ids, so only their rows cross from wherever the table lives."""
+
+    def __init__(self, buffer: TieredRows, layout: LayerLayout, entry):
+        spec, self.offset, _, self.quantized = entry
+        self.buffer, self.layout, self.spec = buffer, layout, spec
+        self.dim = spec.shape[-1]
+        self.row_bytes = layout.row_bytes(spec, self.quantized)
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        """[*ids.shape, dim] rows on the compute device."""
+        if self.buffer.only_tier() == "gpu" and not self.quantized:  # resident: a plain embedding
+            storage = self.buffer.parts[0][3]
+            rows = self.spec.numel // self.dim
+            table = storage[self.offset:self.offset + rows * self.row_bytes].view(self.layout.dtype).view(rows, self.dim)
+            return torch.nn.functional.embedding(ids, table)
+        unique, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
+        raw = self.buffer.gather(self.offset, self.row_bytes, unique)
+        if self.quantized:
+            rows = dequantize(raw, self.dim, self.layout.quant, self.layout.dtype)
+        else:
+            rows = raw.view(self.layout.dtype)
+        return rows[inverse.to(rows.device)].view(*ids.shape, self.dim)
+
+
 class WeightStore:
     def __init__(self, layers, tiers: TierSet, percents, dtype: torch.dtype, source: "WeightSource",
                  quant: QuantConfig | None = None, progress=None):
@@ -74,15 +111,15 @@ class WeightStore:
         self.layouts: list[LayerLayout] = []
         self.buffers: list[TieredRows] = []
         key = source.cache_key(dtype, self.percents, quant)
-        for layer in layers:
-            layout = LayerLayout(layer.weight_specs(), dtype, quant)
+        for layer, (streamed, tables) in zip(layers, storage_plan(layers)):
+            layout = LayerLayout(streamed, tables, dtype, quant)
             disk_path = os.path.join(tiers.offload_dir, "weights", key, f"{layer.name}.bin")
             os.makedirs(os.path.dirname(disk_path), exist_ok=True)
             counts = split_rows(layout.nbytes, self.percents)
             reusable = counts[2] > 0 and _valid_file(disk_path, counts[2])
             buffer = TieredRows(tiers, (layout.nbytes,), torch.uint8, self.percents, f"w-{layer.name}",
                                 disk_path=disk_path if counts[2] else None)
-            if not (reusable and counts[0] + counts[1] == 0):
+            if layout.nbytes and not (reusable and counts[0] + counts[1] == 0):
                 flat = layout.encode(source.layer_tensors(layout.specs))
                 for tier, start, end, storage in buffer.parts:
                     if isinstance(storage, DiskArray):
@@ -97,28 +134,39 @@ class WeightStore:
             self.buffers.append(buffer)
             if progress is not None:
                 progress.update(1)
+        home = {entry[0].name: (j, entry) for j, layout in enumerate(self.layouts) for entry in layout.entries}
+        self.tables = []  # per layer: {name: RowTable} of the tables it looks up
+        for layer in layers:
+            found = {}
+            for spec in layer.weight_specs():
+                if spec.lookup:
+                    j, entry = home[spec.name]
+                    found[spec.name] = RowTable(self.buffers[j], self.layouts[j], entry)
+            self.tables.append(found)
 
     def load(self, j: int) -> dict[str, torch.Tensor]:
-        """All tensors of layer j on the compute device (views when they already live there).
-        The buffers this allocates count as device memory until `release(j)`."""
+        """The tensors layer j streams, on the compute device (views when they already live
+        there), and its lookup tables. The buffers this allocates count as device memory until
+        `release(j)`."""
+        layout = self.layouts[j]
         self.tiers.allocated("gpu", self.working_bytes(j))
-        return self.layouts[j].decode(self.buffers[j].read())
+        flat = self.buffers[j].read(stop=layout.streamed_bytes) if layout.streamed_bytes else None
+        return {**layout.decode(flat), **self.tables[j]}
 
     def release(self, j: int):
         """The caller dropped the tensors of a `load(j)`."""
         self.tiers.released("gpu", self.working_bytes(j))
 
     def working_bytes(self, j: int) -> int:
-        """Device bytes a load of layer j allocates: the assembled layer unless it lives on the
-        device whole, plus its dequantized matrices."""
-        copied = 0 if self.buffers[j].only_tier() == "gpu" else self.layouts[j].nbytes
-        return copied + self.layouts[j].decoded_bytes
+        """Device bytes a load of layer j allocates: its streamed tensors unless they live on the
+        device, plus its dequantized matrices. (A lookup's few rows are not counted.)"""
+        layout = self.layouts[j]
+        on_device = self.buffers[j].parts and self.buffers[j].parts[0][0] == "gpu" \
+            and self.buffers[j].parts[0][2] >= layout.streamed_bytes
+        return (0 if on_device else layout.streamed_bytes) + layout.decoded_bytes
 
     def nbytes(self) -> int:
         return sum(layout.nbytes for layout in self.layouts)
-
-    def largest_layer_bytes(self) -> int:
-        return max(layout.nbytes for layout in self.layouts)
 
 
 def _marker(path: str) -> str:
@@ -172,7 +220,7 @@ class WeightSource:
         self.identity = identity or (path or "")
 
     def cache_key(self, dtype: torch.dtype, percents, quant=None) -> str:
-        stamp = {"id": self.identity, "dummy": "tiled" if self.dummy else False, "dtype": str(dtype),
+        stamp = {"layout": 2, "id": self.identity, "dummy": "tiled" if self.dummy else False, "dtype": str(dtype),
                  "split": list(percents), "quant": None if quant is None else [quant.bits, quant.group_size]}
         if self.reader is not None:
             stamp["files"] = sorted(

@@ -2,7 +2,7 @@ import pytest
 
 from flexgen_core import ModelSpec, Policy
 from flexgen_core.cost_model import (BlockModel, Lin, compressed_bytes_per_element, estimate, fractions,
-                                     layer_numels, token_steps)
+                                     layer_numels, stored_numels, token_steps)
 from flexgen_core.hardware import load_profile
 
 OPT30 = ModelSpec.from_name("opt-30b")
@@ -28,12 +28,20 @@ def test_fractions_follow_the_percentages():
 
 
 def test_layer_sizes_match_the_published_shapes():
-    embed, decoder, head = layer_numels(OPT30)
+    embed, decoder, head = stored_numels(OPT30)
     assert decoder == OPT30.layer_weight_numel()
-    assert embed == 50272 * 7168 + (2048 + 2) * 7168  # tokens + learned positions
-    assert head >= 50272 * 7168  # its own copy of the tied embedding
+    assert embed == (2048 + 2) * 7168  # learned positions; the tied token table lives in the head
+    assert head >= 50272 * 7168
     total = embed + 48 * decoder + head
     assert 29e9 < total < 31e9
+
+
+def test_embedding_tables_are_looked_up_not_streamed():
+    assert layer_numels(OPT30)[0] == 0
+    assert layer_numels(OPT30)[1:] == stored_numels(OPT30)[1:]
+    llama = ModelSpec.from_name("smollm2-135m")
+    assert layer_numels(llama)[0] == 0
+    assert stored_numels(llama)[0] == 0  # tied: stored once, in the head
 
 
 def test_token_steps_cover_every_decode_step():
@@ -72,7 +80,7 @@ def test_memory_follows_placement():
     on_gpu = estimate(OPT30, offloaded((100, 0, 0)), 512, 32, T4).peak_memory
     on_cpu = estimate(OPT30, offloaded((0, 100, 0)), 512, 32, T4).peak_memory
     on_disk = estimate(OPT30, offloaded((0, 0, 100)), 512, 32, T4).peak_memory
-    weights = sum(n * c for n, c in zip(layer_numels(OPT30), (1, 48, 1))) * 2
+    weights = sum(n * c for n, c in zip(stored_numels(OPT30), (1, 48, 1))) * 2
     assert on_gpu["gpu"] - on_cpu["gpu"] == pytest.approx(weights, rel=0.1)  # less two streaming buffers
     assert on_cpu["cpu"] - on_gpu["cpu"] == pytest.approx(weights)
     assert on_disk["disk"] == pytest.approx(weights)

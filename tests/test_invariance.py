@@ -29,7 +29,7 @@ def run(path, policy, tmp_path):
         return gens, scores, llm.memory_stats()
 
 
-@pytest.fixture(scope="module", params=["tiny_llama_tied_dir", "tiny_opt_dir"])
+@pytest.fixture(scope="module", params=["tiny_llama_tied_dir", "tiny_llama_dir", "tiny_opt_dir"])
 def model(request, tmp_path_factory):
     path = request.getfixturevalue(request.param)
     return path, run(path, Policy(), tmp_path_factory.mktemp("base"))

@@ -46,3 +46,24 @@ def test_truncated_offload_file_is_reported(tmp_path):
     with pytest.raises(ValueError, match="truncated"):
         buf.read()
     tiers.close()
+
+
+@pytest.mark.parametrize("percents", [(100, 0, 0), (30, 30, 40), (0, 0, 100), (10, 85, 5), (0, 100, 0)])
+def test_gather_reads_spans_from_every_tier(tmp_path, percents):
+    """Table rows looked up where they live, including rows cut by a tier boundary; only their
+    bytes are read."""
+    tiers = TierSet(torch.device("cpu"), str(tmp_path))
+    data = torch.randint(0, 255, (1000,), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    buf = TieredRows(tiers, data.shape, data.dtype, percents, "table")
+    buf.write(data)
+    for offset, span in ((0, 10), (16, 24), (100, 7)):
+        rows = (1000 - offset) // span
+        index = torch.tensor([0, rows - 1, 3, 3, rows // 2, rows // 3])
+        before = sum(tiers.stats.as_dict()["read"].values())
+        got = buf.gather(offset, span, index)
+        assert sum(tiers.stats.as_dict()["read"].values()) - before == len(index) * span
+        want = torch.stack([data[offset + i * span: offset + (i + 1) * span] for i in index.tolist()])
+        assert torch.equal(got, want)
+    for stop in (1, 300, 999, 1000):
+        assert torch.equal(buf.read(stop=stop), data[:stop])
+    tiers.close()

@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..layers import WeightSpec, selected_rows
+from ..layers import WeightSpec, lookup, selected_rows
 from ..spec import ModelSpec
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -136,10 +136,10 @@ class Embedding:
         self.spec = spec
 
     def weight_specs(self):
-        return [WeightSpec("model.embed_tokens.weight", (self.spec.vocab_size, self.spec.hidden_size))]
+        return [WeightSpec("model.embed_tokens.weight", (self.spec.vocab_size, self.spec.hidden_size), lookup=True)]
 
     def forward(self, token_ids, w, ctx):
-        return F.embedding(token_ids, w["model.embed_tokens.weight"])
+        return lookup(w["model.embed_tokens.weight"], token_ids)
 
 
 class DecoderLayer:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..layers import WeightSpec, selected_rows
+from ..layers import WeightSpec, lookup, selected_rows
 from ..spec import ModelSpec
 
 MODEL_TYPES = ("opt",)
@@ -57,18 +57,18 @@ class Embedding:
     def weight_specs(self):
         s = self.spec
         specs = [
-            WeightSpec(PREFIX + "embed_tokens.weight", (s.vocab_size, s.word_embed_proj_dim)),
-            WeightSpec(PREFIX + "embed_positions.weight", (s.max_seq_len + POSITION_OFFSET, s.hidden_size)),
+            WeightSpec(PREFIX + "embed_tokens.weight", (s.vocab_size, s.word_embed_proj_dim), lookup=True),
+            WeightSpec(PREFIX + "embed_positions.weight", (s.max_seq_len + POSITION_OFFSET, s.hidden_size), lookup=True),
         ]
         if s.word_embed_proj_dim != s.hidden_size:
             specs.append(WeightSpec(PREFIX + "project_in.weight", (s.hidden_size, s.word_embed_proj_dim)))
         return specs
 
     def forward(self, token_ids, w, ctx):
-        h = F.embedding(token_ids, w[PREFIX + "embed_tokens.weight"])
+        h = lookup(w[PREFIX + "embed_tokens.weight"], token_ids)
         if PREFIX + "project_in.weight" in w:
             h = F.linear(h, w[PREFIX + "project_in.weight"])
-        return h + F.embedding(ctx.positions + POSITION_OFFSET, w[PREFIX + "embed_positions.weight"])
+        return h + lookup(w[PREFIX + "embed_positions.weight"], ctx.positions + POSITION_OFFSET)
 
 
 class DecoderLayer:
