@@ -234,3 +234,27 @@ def test_module_entry_point_and_gpu_script_dry_run(tmp_path):
     assert bad.returncode == 2
     assert subprocess.run([sys.executable, "-m", "flexgen_eval.bench", "--help"], cwd=ROOT, capture_output=True,
                           timeout=60).returncode == 0
+
+
+def test_page_cache_hooks_sit_on_modules_that_run():
+    """A device map may send a whole ModuleList to disk; a ModuleList is never called, so the
+    eviction hooks must go on the layers inside it."""
+    import torch
+
+    from flexgen_eval.bench.systems import _called_modules
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList([torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)])
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return x
+
+    model, fired = Model(), []
+    for module in _called_modules(model.layers):
+        module.register_forward_hook(lambda *_: fired.append(1))
+    model(torch.zeros(1, 2))
+    assert len(fired) == 2

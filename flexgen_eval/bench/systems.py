@@ -197,8 +197,8 @@ class AccelerateOffload(_HFBase):
         if cold_reads:
             for name, where in self.device_map.items():
                 if where == "disk":
-                    module = self.model.get_submodule(name) if name else self.model
-                    module.register_forward_hook(lambda *_: drop_page_cache(self.files))
+                    for module in _called_modules(self.model.get_submodule(name) if name else self.model):
+                        module.register_forward_hook(lambda *_: drop_page_cache(self.files))
 
     def _placement(self) -> dict:
         """Weight bytes per tier from the device map (a tied parameter counts once, where it first appears)."""
@@ -241,6 +241,16 @@ class AccelerateOffload(_HFBase):
         import shutil
 
         shutil.rmtree(self.offload_dir, ignore_errors=True)
+
+
+def _called_modules(module):
+    """The modules a forward pass calls at or under `module`: a container (e.g. a device map's
+    `model.decoder.layers`) is never called itself, so a hook on it would never fire."""
+    if isinstance(module, (torch.nn.ModuleList, torch.nn.ModuleDict)):
+        for child in module.children():
+            yield from _called_modules(child)
+    else:
+        yield module
 
 
 # -- the original FlexGen ------------------------------------------------------------------------
