@@ -13,28 +13,37 @@ from .sampling import RowSampler
 
 class _PaddedBatches:
     """rows: token ids. `positions`/`segments` (per row, same lengths) describe packed rows for
-    prefix sharing; by default positions count real tokens and everything is one segment."""
+    prefix sharing; by default positions count real tokens and everything is one segment.
+
+    `prefix`: tokens that every row starts with, left out of `rows`. The scheduler computes them
+    once for the whole block and every row attends to their keys and values, so a cache row is
+    [prefix | left padding | row | decoded tokens]."""
 
     def __init__(self, rows: list[list[int]], gpu_batch_size: int, num_steps: int, device, pad_id: int,
-                 positions: list[list[int]] | None = None, segments: list[list[int]] | None = None):
+                 positions: list[list[int]] | None = None, segments: list[list[int]] | None = None,
+                 prefix: list[int] | None = None):
         self.device, self.num_steps = device, num_steps
+        p = self.prefix_len = len(prefix or [])
+        self.prefix = torch.tensor([prefix], dtype=torch.long, device=device) if p else None
         self.groups = [list(range(i, min(i + gpu_batch_size, len(rows)))) for i in range(0, len(rows), gpu_batch_size)]
         self.batch_sizes = [len(g) for g in self.groups]
-        self.prompt_lens, self.prompts, self.valid, self.real_lens = [], [], [], []
+        self.prompt_lens, self.widths, self.prompts, self.valid, self.real_lens = [], [], [], [], []
         self.packed_positions, self.segments, self.pad_counts = [], [], []
         for group in self.groups:
             width = max(len(rows[i]) for i in group)
             ids = torch.full((len(group), width), pad_id, dtype=torch.long)
-            valid = torch.zeros((len(group), width + num_steps - 1), dtype=torch.bool)
+            valid = torch.zeros((len(group), p + width + num_steps - 1), dtype=torch.bool)
+            valid[:, :p] = True
             for r, i in enumerate(group):
                 n = len(rows[i])
                 ids[r, width - n:] = torch.tensor(rows[i], dtype=torch.long)
-                valid[r, width - n:] = True  # the prompt and every token decoded after it
-            self.prompt_lens.append(width)
+                valid[r, p + width - n:] = True  # the prompt and every token decoded after it
+            self.prompt_lens.append(p + width)
+            self.widths.append(width)
             self.pad_counts.append([width - len(rows[i]) for i in group])
             self.prompts.append(ids.to(device))
             self.valid.append(valid.to(device))
-            self.real_lens.append(torch.tensor([len(rows[i]) for i in group], device=device))
+            self.real_lens.append(torch.tensor([p + len(rows[i]) for i in group], device=device))
             if positions is not None and any(_packed(positions[i], segments[i]) for i in group):
                 pos = torch.zeros((len(group), width), dtype=torch.long)
                 seg = torch.zeros((len(group), width), dtype=torch.long)
@@ -50,7 +59,12 @@ class _PaddedBatches:
         self._inputs: dict = {}
 
     def prompt_len(self, k: int) -> int:
+        """Cache positions of batch k's prompts: the shared prefix and the padded rows."""
         return self.prompt_lens[k]
+
+    def prefix_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The shared prefix's token ids and positions, [1, prefix_len] each."""
+        return self.prefix, torch.arange(self.prefix_len, device=self.device)[None]
 
     def inputs(self, step: int, k: int):
         key = (step, k)
@@ -61,7 +75,7 @@ class _PaddedBatches:
                     positions = self.packed_positions[k]
                 else:
                     valid = self.valid[k][:, : self.prompt_lens[k]]
-                    positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+                    positions = (valid.long().cumsum(1) - 1).clamp(min=0)[:, self.prefix_len:]
                 self._inputs[key] = (self.prompts[k], positions)
             else:
                 positions = (self.real_lens[k] + step - 1)[:, None]
@@ -75,6 +89,10 @@ class _PaddedBatches:
         """An explicit mask for packed rows or a window shorter than the rows; None when plain
         causal attention over the left padding (`pads`) says it all."""
         segments = self.segments[k]
+        if self.prefix_len:  # [b, 1, rows' columns, prefix + rows' columns]
+            valid = self.key_valid(0, k)
+            full = prefill_mask(valid, (valid.long().cumsum(1) - 1).clamp(min=0), None, window)
+            return full[:, :, self.prefix_len:]
         if segments is None and (window is None or self.prompt_lens[k] <= window):
             return None
         return prefill_mask(self.key_valid(0, k), self.inputs(0, k)[1], segments, window)
@@ -93,8 +111,9 @@ def _packed(positions: list[int], segments: list[int]) -> bool:
 
 
 class GenerationJob(_PaddedBatches):
-    def __init__(self, rows, samplers: list[RowSampler], params, gpu_batch_size, device, pad_id, eos_ids, tokenizer):
-        super().__init__(rows, gpu_batch_size, params.max_new_tokens, device, pad_id)
+    def __init__(self, rows, samplers: list[RowSampler], params, gpu_batch_size, device, pad_id, eos_ids, tokenizer,
+                 prefix: list[int] | None = None):
+        super().__init__(rows, gpu_batch_size, params.max_new_tokens, device, pad_id, prefix=prefix)
         self.samplers, self.params, self.tokenizer = samplers, params, tokenizer
         self.stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_ids))
         n = len(rows)
@@ -107,7 +126,7 @@ class GenerationJob(_PaddedBatches):
 
     def select(self, step, k):
         if step == 0:  # only the last prompt column feeds the head
-            b, width = len(self.groups[k]), self.prompt_lens[k]
+            b, width = len(self.groups[k]), self.widths[k]
             return torch.arange(b, device=self.device) * width + (width - 1)
         return None
 
@@ -171,7 +190,7 @@ class ScoringJob(_PaddedBatches):
         self.greedy = [[] for _ in rows]
         self._select, self._owners = [], []
         for k, group in enumerate(self.groups):
-            width, flat, owners = self.prompt_lens[k], [], []
+            width, flat, owners = self.widths[k], [], []
             for r, i in enumerate(group):
                 pad = width - len(rows[i])
                 for pos, tok in targets[i]:

@@ -23,6 +23,7 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.flo
            "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
+SHARED_PREFIX_MIN = 16  # a shorter prefix common to a block's prompts is recomputed per row
 PROMPT_BUCKET = 64  # prompt lengths planned together (a bucket is planned for its longest)
 
 
@@ -68,6 +69,7 @@ class LLM:
         self.last_run: dict = {}
         self.totals: dict = {}  # per kind ("generate", "score"): calls, rows, tokens (generated or scored), seconds
         self.plan = None  # the planner's Plan when the policy was chosen automatically
+        self.share_prefixes = True  # compute a block's common prompt prefix once (generate)
         self.replan: dict | None = None  # planner arguments, to plan each bucket of lengths again
         self.bucket_plans: dict = {}  # (prompt bucket, new tokens) -> Plan
         self._unplannable: set = set()  # buckets that do not fit (their prompts are planned exactly)
@@ -181,8 +183,11 @@ class LLM:
             eos = tuple(set(eos) | {self.tokenizer.eos_token_id})
         start, generated = time.perf_counter(), 0
         for block, policy in self._blocks(rows, params.max_new_tokens):
-            job = GenerationJob([rows[i] for i in block], [samplers[i] for i in block], params,
-                                policy.gpu_batch_size, self.device, self._pad_id(), eos, self.tokenizer)
+            block_rows = [rows[i] for i in block]
+            shared = self._shared_prefix(block_rows, policy)
+            job = GenerationJob([r[shared:] for r in block_rows], [samplers[i] for i in block], params,
+                                policy.gpu_batch_size, self.device, self._pad_id(), eos, self.tokenizer,
+                                prefix=block_rows[0][:shared])
             with torch.inference_mode():
                 self.scheduler.run(job, policy)
             for r, i in enumerate(block):
@@ -232,13 +237,59 @@ class LLM:
         return [[ScoreOutput(lp, all(gr)) for lp, gr in group] for group in per_choice]
 
     def prompt_logprobs(self, prompts: list[list[int]]) -> list[list[float | None]]:
-        """Per-token log-probs of each prompt; the first token has none."""
-        rows = [list(p[:-1]) if len(p) > 1 else list(p) for p in prompts]
-        targets = [[(i, p[i + 1]) for i in range(len(p) - 1)] for p in prompts]
-        scored = self._run_scoring(rows, targets)
-        return [[None] + lp for lp, _ in scored]
+        """Per-token log-probs of each prompt; the first token has none. Prompts that start alike
+        (one question with each of its answers, as HELM's separate multiple-choice methods send
+        them) are packed into one row per group, so the shared start is computed once."""
+        rows, targets, positions, segments, plans = [], [], [], [], []
+        for members, shared in _prefix_groups(prompts, SHARED_PREFIX_MIN if self.share_prefixes else None):
+            if shared == 0:  # on its own: one causal row
+                p = prompts[members[0]]
+                rows.append(list(p[:-1]) if len(p) > 1 else list(p))
+                targets.append([(i, p[i + 1]) for i in range(len(p) - 1)])
+                positions.append(list(range(len(rows[-1]))))
+                segments.append([0] * len(rows[-1]))
+                plans.append((members, 0, None))
+                continue
+            context = list(prompts[members[0]][:shared])
+            own = [(j, context[j + 1]) for j in range(shared - 1)]  # the shared part's own tokens
+            for n, pack in enumerate(pack_choices(context, [list(prompts[i][shared:]) for i in members],
+                                                  self.spec.max_seq_len)):
+                rows.append(pack.tokens)
+                targets.append((own if n == 0 else []) + pack.targets)
+                positions.append(pack.positions)
+                segments.append(pack.segments)
+                plans.append((members, len(own) if n == 0 else None, pack.owners))
+        scored = self._run_scoring(rows, targets, positions, segments)
+        out: list[list[float | None] | None] = [None] * len(prompts)
+        context_lps = {}
+        for (members, n_own, owners), (lps, _) in zip(plans, scored):
+            if owners is None:
+                out[members[0]] = [None] + lps
+                continue
+            if n_own is not None:
+                context_lps[members[0]], lps = lps[:n_own], lps[n_own:]
+            for choice, lp in zip(owners, lps):
+                i = members[choice]
+                if out[i] is None:
+                    out[i] = [None] + context_lps[members[0]]
+                out[i].append(lp)
+        return out
 
     # -- internals ----------------------------------------------------------------------
+    def _shared_prefix(self, rows: list[list[int]], policy: Policy) -> int:
+        """Tokens at the start of every row (few-shot examples, a system prompt) that a block
+        computes once instead of once per row; each row keeps at least one token of its own.
+        0 when too short to pay for a separate pass, or with a compressed cache, sparse attention
+        or a sliding window, whose prefill does not take a shared prefix."""
+        if (not self.share_prefixes or len(rows) < 2 or policy.compress_cache or policy.attn_sparsity < 1.0
+                or self.spec.sliding_window is not None):
+            return 0
+        shortest = min(len(r) for r in rows)
+        n = 0
+        while n < shortest - 1 and all(r[n] == rows[0][n] for r in rows):
+            n += 1
+        return n if n >= SHARED_PREFIX_MIN else 0
+
     def _run_scoring(self, rows, targets, positions=None, segments=None):
         self._check_prompts(rows)
         results = [None] * len(rows)
@@ -353,3 +404,26 @@ def _load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path)
+
+
+def _prefix_groups(prompts: list[list[int]], min_shared: int | None) -> list[tuple[list[int], int]]:
+    """(prompt indices, shared length) per group of prompts that start with the same `shared`
+    tokens (at least `min_shared`; each keeps at least one token of its own); shared 0 for a
+    prompt on its own. None: no grouping."""
+    if min_shared is None:
+        return [([i], 0) for i in range(len(prompts))]
+    groups: list[tuple[list[int], int]] = []
+    for i in sorted(range(len(prompts)), key=lambda i: prompts[i]):  # alike prompts sort together
+        p = prompts[i]
+        if groups:
+            members, shared = groups[-1]
+            first = prompts[members[0]]
+            n = 0
+            limit = min(shared if len(members) > 1 else len(first) - 1, len(p) - 1)
+            while n < limit and p[n] == first[n]:
+                n += 1
+            if n >= min_shared:
+                groups[-1] = (members + [i], n)
+                continue
+        groups.append(([i], len(p)))
+    return [(members, shared if len(members) > 1 else 0) for members, shared in groups]

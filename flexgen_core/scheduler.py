@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 
 from .attention import prefill_attention
 from .compression import QuantConfig, dequantize, quantize
@@ -27,7 +28,10 @@ class Job(Protocol):
     batch_sizes: list[int]
     num_steps: int
 
+    prefix_len: int  # tokens every row shares, computed once per block (0: none)
+
     def prompt_len(self, k: int) -> int: ...
+    def prefix_inputs(self) -> tuple[torch.Tensor, torch.Tensor]: ...  # [1, prefix_len] ids, positions
     def inputs(self, step: int, k: int) -> tuple[torch.Tensor, torch.Tensor]: ...  # token ids, positions
     def key_valid(self, step: int, k: int) -> torch.Tensor: ...  # [b, keys] bool
     def prefill_mask(self, k: int, window: int | None) -> torch.Tensor | None: ...  # [b, 1, s, s] bool
@@ -118,6 +122,7 @@ class Scheduler:
         n_layers = len(self.layers)
         pending_w = self.weight_queue.submit(self.weights.load, 0)
         held = [0]  # layers whose loaded weights count as device memory until released
+        prefix = {}  # the shared prefix's hidden states and its keys and values at the current layer
         try:
             for step in range(job.num_steps):
                 if step > 0 and job.done():
@@ -129,6 +134,8 @@ class Scheduler:
                     pending_w = None if last else self.weight_queue.submit(self.weights.load, (j + 1) % n_layers)
                     if not last:
                         held.append((j + 1) % n_layers)
+                    if step == 0 and job.prefix_len and layer.kind != "head":
+                        self._prefix_layer(job, layer, w, prefix)
                     fetch = self._fetcher(job, step, j, layer, acts, cache)
                     pending = fetch(0)
                     for k in range(nb):
@@ -142,7 +149,7 @@ class Scheduler:
                         attend = None
                         if layer.kind == "decoder":
                             attend = self._attend_fn(job, step, j - 1, k, cache, segments, masks,
-                                                     policy.attn_sparsity)
+                                                     policy.attn_sparsity, prefix.get("kv"))
                         y = layer.forward(x, w, _Context(positions, attend=attend))
                         acts.put(k, y)
                     del w
@@ -174,13 +181,32 @@ class Scheduler:
 
         return fetch
 
-    def _attend_fn(self, job, step, layer_index, k, cache, segments, masks, sparsity):
+    def _prefix_layer(self, job, layer, w, state):
+        """Run the block's shared prefix (one row) through a layer, once for all its batches,
+        keeping the layer's keys and values for the batches to attend to."""
+        ids, positions = job.prefix_inputs()
+
+        def attend(q, k, v):
+            state["kv"] = (k, v)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+        x = ids if layer.kind == "embed" else state["hidden"]
+        state["hidden"] = layer.forward(x, w, _Context(positions, attend=attend))
+
+    def _attend_fn(self, job, step, layer_index, k, cache, segments, masks, sparsity, prefix_kv=None):
         window = self.spec.sliding_window
 
         def attend(q, new_k, new_v):
             if step == 0:
                 if k not in masks:
                     masks[k] = job.prefill_mask(k, window)
+                if prefix_kv is not None:  # the rows follow the shared prefix: attend to both
+                    b = q.shape[0]
+                    keys, values = (torch.cat([p.expand(b, -1, -1, -1), new], dim=2)
+                                    for p, new in zip(prefix_kv, (new_k, new_v)))
+                    if cache is not None:
+                        self.data_queue.submit(cache.store_prefill, layer_index, k, keys, values)
+                    return F.scaled_dot_product_attention(q, keys, values, attn_mask=masks[k], enable_gqa=True)
                 seen_k, seen_v = new_k, new_v
                 if self.cache_quant is not None:  # attend to what the cache will give back
                     seen_k = dequantize(quantize(new_k, self.cache_quant), new_k.shape[-1], self.cache_quant, new_k.dtype)

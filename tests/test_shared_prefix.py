@@ -1,0 +1,70 @@
+"""A block's common prompt prefix is computed once, with the same outputs as per row."""
+import pytest
+
+from flexgen_core import LLM, Policy, SamplingParams
+from flexgen_core.scheduler import Scheduler
+
+SHOTS = list(range(20, 60))  # 40 tokens every prompt starts with, like HELM's in-context examples
+PROMPTS = [SHOTS + [5, 6, 7], SHOTS + [9], SHOTS + [100, 101, 102, 103, 104], SHOTS + [7, 7], SHOTS[:30] + [3]]
+MIX = (30, 50, 20)
+POLICIES = {
+    "resident": Policy(),
+    "mix, 2x2 blocks": Policy(weights=MIX, cache=MIX, activations=MIX, gpu_batch_size=2, num_gpu_batches=2),
+    "cache on disk, CPU attention": Policy(cache=(0, 0, 100), cpu_attention=True),
+    "no overlap": Policy(weights=MIX, cache=MIX, overlap=False),
+}
+PARAMS = SamplingParams(max_new_tokens=6, ignore_eos=True, logprobs=True)
+
+
+@pytest.mark.parametrize("model", ["tiny_llama_dir", "tiny_opt_dir"])
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_shared_prefix_gives_the_same_outputs(model, name, request, tmp_path, monkeypatch):
+    path = request.getfixturevalue(model)
+    passes = []
+    original = Scheduler._prefix_layer
+    monkeypatch.setattr(Scheduler, "_prefix_layer", lambda self, job, *a: (passes.append(job.prefix_len),
+                                                                          original(self, job, *a)))
+    with LLM.from_pretrained(path, policy=POLICIES[name], offload_dir=str(tmp_path)) as llm:
+        llm.share_prefixes = False
+        per_row = llm.generate(PROMPTS, PARAMS)
+        assert not passes
+        llm.share_prefixes = True
+        shared = llm.generate(PROMPTS, PARAMS)
+    assert passes and set(passes) <= {30, len(SHOTS)}  # each block computed its common prefix once
+    for a, b in zip(per_row, shared):
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids
+        assert a.outputs[0].logprobs == pytest.approx(b.outputs[0].logprobs, abs=1e-4)
+
+
+def test_no_sharing_when_a_prompt_would_be_left_empty(tiny_llama_dir, tmp_path):
+    with LLM.from_pretrained(tiny_llama_dir, policy=Policy(), offload_dir=str(tmp_path)) as llm:
+        assert llm._shared_prefix([SHOTS, SHOTS + [1]], Policy()) == len(SHOTS) - 1
+        assert llm._shared_prefix([SHOTS[:10] + [1], SHOTS[:10] + [2]], Policy()) == 0  # too short to pay
+        assert llm._shared_prefix([SHOTS + [1], [3, 4, 5]], Policy()) == 0
+        assert llm._shared_prefix([SHOTS + [1], SHOTS + [2]], Policy(compress_cache=True)) == 0
+
+
+def test_prompt_logprobs_of_alike_prompts_match_scoring_each_alone(tiny_llama_dir, tiny_opt_dir, tmp_path):
+    """HELM's separate multiple-choice method: one question, each answer in its own request."""
+    question = list(range(30, 70))
+    prompts = [question + [5, 6], question + [9], question + [100, 101, 102], [7, 8, 9, 10], [4],
+               question[:20] + [11, 12]]
+    for path in (tiny_llama_dir, tiny_opt_dir):
+        with LLM.from_pretrained(path, policy=Policy(gpu_batch_size=2, num_gpu_batches=2),
+                                 offload_dir=str(tmp_path)) as llm:
+            llm.share_prefixes = False
+            alone = llm.prompt_logprobs(prompts)
+            llm.share_prefixes = True
+            packed = llm.prompt_logprobs(prompts)
+        for a, b, p in zip(alone, packed, prompts):
+            assert len(b) == len(p) and b[0] is None
+            assert b[1:] == pytest.approx(a[1:], abs=1e-4)
+
+
+def test_prefix_groups():
+    from flexgen_core.llm import _prefix_groups
+
+    q = list(range(100, 120))
+    groups = _prefix_groups([q + [1], [5, 6], q + [2, 3], q, q[:10] + [9]], 16)
+    assert sorted((sorted(m), n) for m, n in groups) == [([0, 2, 3], 19), ([1], 0), ([4], 0)]
+    assert _prefix_groups([q, q], None) == [([0], 0), ([1], 0)]
