@@ -163,6 +163,24 @@ def test_prefetch_resumes_after_a_kill(tiny_llama_dir, tmp_path, monkeypatch):
     assert all(fresh.make_request(r).cached for r in requests)
 
 
+def test_prefetch_keeps_alike_prompts_in_one_chunk(tiny_llama_dir, tmp_path, monkeypatch):
+    """HELM's separate multiple-choice method: a question's answers must reach the runtime
+    together for their shared start to be computed once, whatever their lengths."""
+    questions = ("What is the capital of France?", "Once upon a time there was a small model.")
+    answers = ("Paris", "A much longer answer than that", "Rome")
+    requests = [req(prompt=f"{q} {a}", max_tokens=0, echo_prompt=True) for a in answers for q in questions]
+    c = FlexGenClient(BlackHoleCacheConfig(), model=tiny_llama_dir, prefetch_chunk=3)
+    real, chunks = client_module.run_calls, []
+
+    def record(shared, calls):
+        chunks.append({c.tokenizer.decode(list(call.prompt_ids)).split("?")[0][:10] for call in calls})
+        return real(shared, calls)
+
+    monkeypatch.setattr(client_module, "run_calls", record)
+    assert c.prefetch(requests) == 6
+    assert all(len(chunk) == 1 for chunk in chunks)  # each chunk holds one question's answers
+
+
 def test_offline_data_layout(tmp_path):
     from flexgen_eval.helm.offline_data import XSUM_TEST_ROWS, prepare
 

@@ -78,6 +78,10 @@ def summary(results: list[tuple[str, dict]]) -> str:
             target = TARGETS.get(name)
             verdict = "-" if ratio is None or target is None else (
                 f">= {target:g}x: {'met' if ratio >= target else 'missed'}")
+            capped = res.get("max_batch") and r.get("batch") == ours.get("batch") == res["max_batch"]
+            if name == "accelerate" and capped and ratio is not None:
+                # the target is for each system at its best batch; a shared cap is neither's
+                verdict = f"- (both at the --max-batch cap {res['max_batch']}: equal batch, not best batch)"
             lines.append(f"| {os.path.splitext(os.path.basename(path))[0]} | {res['model']} | {work} | "
                          f"{format_size(b['gpu'])} + {format_size(b['cpu'])} | {cell(ours)} | {name}: {cell(r)} | "
                          f"{'-' if ratio is None else f'**{ratio:.2f}x**'} | {verdict} |")

@@ -97,8 +97,10 @@ class FlexGenClient(CachingClient):
                     todo[k] = (call, key)
         if not todo:
             return 0
-        # Same sampling settings together, longest prompts first: few runtime calls, little padding.
-        items = sorted(todo.items(), key=lambda kv: (str(kv[1][0].params), kv[1][0].echo, -len(kv[1][0].prompt_ids)))
+        # Same sampling settings together, and prompts in token order, so prompts that start alike
+        # (one question with each answer; shared in-context examples) land in the same chunk and
+        # the runtime computes their common start once (it sorts each chunk by length itself).
+        items = sorted(todo.items(), key=lambda kv: (str(kv[1][0].params), kv[1][0].echo, kv[1][0].prompt_ids))
         hlog(f"flexgen: {len(items)} of {len(requests)} requests to compute, in chunks of {self.prefetch_chunk}")
         for start in range(0, len(items), self.prefetch_chunk):
             chunk = items[start:start + self.prefetch_chunk]
