@@ -35,6 +35,8 @@ class BlockCache:
         self.tiers, self.kv, self.cpu_attention = tiers, num_kv_heads, cpu_attention
         self.dtype, self.head_dim, self.quant, self.sparsity = dtype, head_dim, quant, sparsity
         self.entries: dict[tuple[int, int], tuple[TieredRows, TieredRows]] = {}
+        # every row on the compute device, uncompressed: loads are views of the cache itself
+        self.resident = percents[0] >= 100 and quant is None
         width, store_dtype = (head_dim, dtype) if quant is None else (quant.packed_bytes(head_dim), torch.uint8)
         for j in range(num_layers):
             for k, (b, max_len) in enumerate(batch_shapes):  # (sequences, cache positions) per GPU batch

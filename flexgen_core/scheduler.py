@@ -120,7 +120,7 @@ class Scheduler:
                                policy.cache, policy.cpu_attention, self.cache_quant, policy.attn_sparsity)
         acts = Activations(self.tiers, policy.activations, self.data_queue)
         n_layers = len(self.layers)
-        pending_w = self.weight_queue.submit(self.weights.load, 0)
+        pending_w = self._load_weights(0)
         held = [0]  # layers whose loaded weights count as device memory until released
         prefix = {}  # the shared prefix's hidden states and its keys and values at the current layer
         try:
@@ -131,7 +131,7 @@ class Scheduler:
                 for j, layer in enumerate(self.layers):
                     w = pending_w.result()
                     last = j == n_layers - 1 and step == job.num_steps - 1
-                    pending_w = None if last else self.weight_queue.submit(self.weights.load, (j + 1) % n_layers)
+                    pending_w = None if last else self._load_weights((j + 1) % n_layers)
                     if not last:
                         held.append((j + 1) % n_layers)
                     if step == 0 and job.prefix_len and layer.kind != "head":
@@ -176,10 +176,24 @@ class Scheduler:
             segs = None
             if layer.kind == "decoder" and step > 0:
                 t = job.prompt_len(k) + step - 1
-                segs = self.data_queue.submit(cache.load, decoder_index, k, t)
+                segs = self._cache_op(cache, cache.load, decoder_index, k, t)
             return x, segs
 
         return fetch
+
+    def _load_weights(self, j: int):
+        """Layer j's weights: through the weights queue, or at once when they are views of device
+        memory (a thread hand-off per layer costs more than the views)."""
+        if self.weights.resident(j):
+            return _Ready(self.weights.load(j))
+        return self.weight_queue.submit(self.weights.load, j)
+
+    def _cache_op(self, cache, fn, *args):
+        """A cache read or write: through the data queue, which keeps them in order, or at once
+        when the whole cache is device memory (loads are views; nothing to overlap)."""
+        if cache.resident:
+            return _Ready(fn(*args))
+        return self.data_queue.submit(fn, *args)
 
     def _prefix_layer(self, job, layer, w, state):
         """Run the block's shared prefix (one row) through a layer, once for all its batches,
@@ -205,7 +219,7 @@ class Scheduler:
                     keys, values = (torch.cat([p.expand(b, -1, -1, -1), new], dim=2)
                                     for p, new in zip(prefix_kv, (new_k, new_v)))
                     if cache is not None:
-                        self.data_queue.submit(cache.store_prefill, layer_index, k, keys, values)
+                        self._cache_op(cache, cache.store_prefill, layer_index, k, keys, values)
                     return F.scaled_dot_product_attention(q, keys, values, attn_mask=masks[k], enable_gqa=True)
                 seen_k, seen_v = new_k, new_v
                 if self.cache_quant is not None:  # attend to what the cache will give back
@@ -213,7 +227,7 @@ class Scheduler:
                     seen_v = dequantize(quantize(new_v, self.cache_quant), new_v.shape[-1], self.cache_quant, new_v.dtype)
                 out = prefill_attention(q, seen_k, seen_v, masks[k], job.pads(k), sparsity)
                 if cache is not None:
-                    self.data_queue.submit(cache.store_prefill, layer_index, k, new_k, new_v)
+                    self._cache_op(cache, cache.store_prefill, layer_index, k, new_k, new_v)
                 return out
             t = job.prompt_len(k) + step - 1
             valid = job.key_valid(step, k)

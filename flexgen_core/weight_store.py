@@ -165,6 +165,10 @@ class WeightStore:
             and self.buffers[j].parts[0][2] >= layout.streamed_bytes
         return (0 if on_device else layout.streamed_bytes) + layout.decoded_bytes
 
+    def resident(self, j: int) -> bool:
+        """Whether a load of layer j is only views of device memory (nothing read or expanded)."""
+        return self.working_bytes(j) == 0
+
     def nbytes(self) -> int:
         return sum(layout.nbytes for layout in self.layouts)
 
