@@ -24,6 +24,7 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.flo
 
 
 SHARED_PREFIX_MIN = 16  # a shorter prefix common to a block's prompts is recomputed per row
+PACKED_ROW_TOKENS = 2048  # longest row prompt_logprobs packs alike prompts into
 PROMPT_BUCKET = 64  # prompt lengths planned together (a bucket is planned for its longest)
 
 
@@ -252,8 +253,11 @@ class LLM:
                 continue
             context = list(prompts[members[0]][:shared])
             own = [(j, context[j + 1]) for j in range(shared - 1)]  # the shared part's own tokens
-            for n, pack in enumerate(pack_choices(context, [list(prompts[i][shared:]) for i in members],
-                                                  self.spec.max_seq_len)):
+            suffixes = [list(prompts[i][shared:]) for i in members]
+            # rows of at most PACKED_ROW_TOKENS (unless one prompt is longer): a packed row's
+            # attention is quadratic in its length, however few of its positions see each other
+            row_len = min(self.spec.max_seq_len, max(PACKED_ROW_TOKENS, shared + max(map(len, suffixes))))
+            for n, pack in enumerate(pack_choices(context, suffixes, row_len)):
                 rows.append(pack.tokens)
                 targets.append((own if n == 0 else []) + pack.targets)
                 positions.append(pack.positions)
@@ -409,20 +413,26 @@ def _load_tokenizer(path: str):
 def _prefix_groups(prompts: list[list[int]], min_shared: int | None) -> list[tuple[list[int], int]]:
     """(prompt indices, shared length) per group of prompts that start with the same `shared`
     tokens (at least `min_shared`; each keeps at least one token of its own); shared 0 for a
-    prompt on its own. None: no grouping."""
+    prompt on its own. None: no grouping.
+
+    Prompts are taken in token order, so alike ones are neighbours. A prompt joins the group
+    before it when that saves more than it costs: it saves the shared tokens it no longer
+    computes, and costs every member the tokens by which the shared start would shrink (e.g. a
+    chat template's header is common to all prompts, but one question's answers share far more)."""
     if min_shared is None:
         return [([i], 0) for i in range(len(prompts))]
     groups: list[tuple[list[int], int]] = []
-    for i in sorted(range(len(prompts)), key=lambda i: prompts[i]):  # alike prompts sort together
+    for i in sorted(range(len(prompts)), key=lambda i: prompts[i]):
         p = prompts[i]
         if groups:
             members, shared = groups[-1]
             first = prompts[members[0]]
-            n = 0
             limit = min(shared if len(members) > 1 else len(first) - 1, len(p) - 1)
+            n = 0
             while n < limit and p[n] == first[n]:
                 n += 1
-            if n >= min_shared:
+            shrink = (shared - n) * len(members) if len(members) > 1 else 0
+            if n >= min_shared and n > shrink:
                 groups[-1] = (members + [i], n)
                 continue
         groups.append(([i], len(p)))

@@ -68,3 +68,8 @@ def test_prefix_groups():
     groups = _prefix_groups([q + [1], [5, 6], q + [2, 3], q, q[:10] + [9]], 16)
     assert sorted((sorted(m), n) for m, n in groups) == [([0, 2, 3], 19), ([1], 0), ([4], 0)]
     assert _prefix_groups([q, q], None) == [([0], 0), ([1], 0)]
+    # a header common to all (a chat template) does not merge questions whose answers share more
+    header = list(range(200, 220))
+    a, b = header + list(range(1, 30)), header + list(range(40, 70))
+    prompts = [a + [1], a + [2], b + [3], b + [4], a + [5]]
+    assert sorted((sorted(m), n) for m, n in _prefix_groups(prompts, 16)) == [([0, 1, 4], 49), ([2, 3], 50)]
