@@ -287,6 +287,8 @@ def markdown(r: dict) -> str:
         f"- date: {r['date']}",
         f"- machine: {r['machine']}",
         f"- command: `{r['command']}`",
+        *[f"- rerun {run['date']}: {', '.join(run['entries'])} (`{run['command']}`; {run['why']})"
+          for run in r.get("reruns", [])],
         f"- model: SmolLM2-135M-Instruct fp32 (`flexgen-eval fetch-model smollm2-135m`), chat template applied by "
         f"both clients (the default when the tokenizer has one), temperature 0, caches disabled, "
         f"--max-eval-instances {r['max_eval_instances']}, flexgen block {r['gpu_batch_size']}x1",
@@ -357,29 +359,39 @@ NOTES = """## Notes
 - For a chat-template model both clients wrap echoed prompts in the template too, so the
   multiple_choice_separate_* methods score the template's closing tokens after the answer; the
   two clients agree, but `helm-config --chat-template off` gives the meaningful variant.
-- `hf-n1` computes in HELM's main thread. On this shared, oversubscribed 2-core machine torch
-  ran ~3x slower from the main thread than from a worker thread (SmolLM2 prefill of 700 tokens:
-  ~40 s vs ~11 s, measured back to back), so `hf-n1` numbers carry that penalty; `hf-n4` is the
-  fairer baseline. The batching runner computes in a worker thread for that reason.
-- Other jobs shared the machine during the run (1-minute load averages before/after each run
-  are in the JSON), so wall times are noisy; the ratios are indicative, not precise.
+- `hf-n1` computes in HELM's main thread, `hf-n4` in four worker threads (on two cores); on a
+  quiet machine they differ by 1.0-1.4x (above), on a loaded one by up to 3x, so each run's
+  load average is in the JSON.
+- Timings are of one run each, on a machine otherwise idle (1-minute load averages before/after
+  each run in the JSON); the batching runner's batches and their seconds are in each run's log.
 """
 
-OBSERVATIONS = """## Observations (run of 2026-11-26, written by hand)
+OBSERVATIONS = """## Observations (run of 2026-11-26 12:24-13:00 UTC, written by hand)
 
 - Every per-instance prediction and accuracy stat matched HELM's HuggingFace client in every run
-  entry and config compared (10 instances: both runners; 100 instances: the batching runner).
-- These run entries are prefill-bound: MMLU joint generates 1 token, the separate method only
-  scores prompts, synthetic_reasoning stops at the first newline after ~4 tokens, and
-  synthetic_reasoning_natural stops within 20. Batching saves decode steps, so there is little to
-  save here; the runtime's prefill speed decides, and it is slower than HF's forward.
-  A likely cause (flexgen_core/attention.py, not this adapter): prefill calls
-  scaled_dot_product_attention with an explicit boolean mask, which on this CPU took 0.85 s per
-  call against 0.52 s with is_causal=True for 10 x 700 tokens x 9 heads (measured in a worker
-  thread), i.e. ~25 s vs ~15 s over 30 layers; GQA also repeats K/V instead of enable_gqa.
-- Against `hf-n4` (the fair baseline) flexgen was slower on these workloads (0.6-0.7x at 10
-  instances); the >= 2x target is not met. Against `hf-n1` the speed-up is mostly HELM's
-  main-thread penalty noted above.
+  entry and config, at 100 instances (400 requests for mmlu_separate).
+- All four entries are prefill-bound on a CPU (MMLU joint generates 1 token, the separate method
+  only scores prompts, the synthetic ones stop at the first newline), and both clients compute at
+  the CPU's matmul rate: the same 48 MMLU prompts took 35.1 s batched in our runtime and 35.5 s one
+  by one in HF's before prompt sharing. The speed-up comes from computing less: HELM's prompts
+  share their in-context examples (common to all prompts: MMLU joint 84% of the characters,
+  synthetic_reasoning 86%, natural 77%), and the separate method's four requests share their question. Our
+  runtime computes a block's common prompt prefix once (`LLM.generate`) and packs prompts that
+  start alike into one row (`LLM.prompt_logprobs`), with outputs equal to computing each alone
+  (tests/test_shared_prefix.py); HELM's HF client computes every prompt whole.
+- Batching runner (`flexgen-batched`, the recommended way): 3.7x (mmlu_joint), 2.1x
+  (mmlu_separate), 3.7x (synthetic_reasoning), 5.0x (synthetic_reasoning_natural) faster than
+  `hf-n1` on the requests; against `hf-n4` 3.7x, 1.95x, 2.7x, 3.8x. Whole `helm-run` wall time
+  (start-up and metrics included, ~8 s for both): 2.9x, 1.9x, 3.1x, 4.0x vs `hf-n1`.
+- Micro-batching under the stock runner (`flexgen-n4`) gathers at most 4 requests (one per HELM
+  thread): enough for the separate method (a question's 4 answers arrive together: 3.0x vs
+  `hf-n4`) and MMLU joint (2.2x), not for generation with stop strings (synthetic_reasoning 1.0x,
+  natural 1.8x), where a block of 4 decodes until its slowest row stops.
+- Why the batching runner is slower than micro-batching on mmlu_separate (40 s vs 27 s): not
+  measured yet. Its 400 requests go in chunks of 256 in prompt-token order, so each question's
+  answers are packed together in both configs; the difference is 64-row batches of packed rows
+  (explicit attention masks, the head over ~20k positions in 1024-row chunks) against one packed
+  row per call.
 """
 
 

@@ -73,3 +73,12 @@ def test_prefix_groups():
     a, b = header + list(range(1, 30)), header + list(range(40, 70))
     prompts = [a + [1], a + [2], b + [3], b + [4], a + [5]]
     assert sorted((sorted(m), n) for m, n in _prefix_groups(prompts, 16)) == [([0, 1, 4], 49), ([2, 3], 50)]
+
+
+def test_scoring_batches_end_before_padding_grows():
+    from flexgen_core.jobs import _row_groups
+
+    rows = [[0] * 100, [0] * 95, [0] * 40, [0] * 38, [0] * 10]
+    assert _row_groups(rows, 8, 1.25) == [[0, 1], [2, 3], [4]]
+    assert _row_groups(rows, 8, None) == [[0, 1, 2, 3, 4]]
+    assert _row_groups(rows, 2, None) == [[0, 1], [2, 3], [4]]
