@@ -42,7 +42,7 @@ def prefill_attention(q, k, v, mask=None, pads: list[int] | None = None, sparsit
     if mask is None:
         mask = causal_mask_from_pads(pads or [0] * q.shape[0], q.shape[2], q.device)
     if sparsity >= 1.0:
-        return masked_attention(q, k, v, mask)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
     groups = q.shape[1] // k.shape[1]
     if groups > 1:
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
@@ -53,22 +53,6 @@ def prefill_attention(q, k, v, mask=None, pads: list[int] | None = None, sparsit
     threshold = scores.sort(dim=-1, descending=True).values.gather(-1, keep - 1)
     scores = scores.masked_fill(scores < threshold, float("-inf"))
     return torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)
-
-
-CPU_SCORES_BYTES = 32 << 20  # fp32 scores per explicit-mask attention call on a CPU
-
-
-def masked_attention(q, k, v, mask) -> torch.Tensor:
-    """Attention with an explicit mask [b, 1, s, keys]. The CPU kernel materialises every score,
-    so rows go a few at a time there: 64 packed rows at once ran 2.1x slower than 8 at a time
-    (HELM's separate multiple-choice prompts), their scores no longer fitting the caches."""
-    b, h, s, _ = q.shape
-    rows = b if q.device.type != "cpu" else max(1, CPU_SCORES_BYTES // (h * s * k.shape[2] * 4))
-    if rows >= b:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
-    return torch.cat([F.scaled_dot_product_attention(q[i:i + rows], k[i:i + rows], v[i:i + rows],
-                                                     attn_mask=mask[i:i + rows], enable_gqa=True)
-                      for i in range(0, b, rows)])
 
 
 def _causal_over_pads(q, k, v, pads: list[int]) -> torch.Tensor:

@@ -288,11 +288,10 @@ class LLM:
         if (not self.share_prefixes or len(rows) < 2 or policy.compress_cache or policy.attn_sparsity < 1.0
                 or self.spec.sliding_window is not None):
             return 0
-        shortest = min(len(r) for r in rows)
-        n = 0
-        while n < shortest - 1 and all(r[n] == rows[0][n] for r in rows):
-            n += 1
-        return n if n >= SHARED_PREFIX_MIN else 0
+        limit = min(len(r) for r in rows) - 1
+        for r in rows[1:]:
+            limit = _common_prefix(rows[0], r, limit)
+        return limit if limit >= SHARED_PREFIX_MIN else 0
 
     def _run_scoring(self, rows, targets, positions=None, segments=None):
         self._check_prompts(rows)
@@ -427,13 +426,18 @@ def _prefix_groups(prompts: list[list[int]], min_shared: int | None) -> list[tup
         if groups:
             members, shared = groups[-1]
             first = prompts[members[0]]
-            limit = min(shared if len(members) > 1 else len(first) - 1, len(p) - 1)
-            n = 0
-            while n < limit and p[n] == first[n]:
-                n += 1
+            n = _common_prefix(first, p, min(shared if len(members) > 1 else len(first) - 1, len(p) - 1))
             shrink = (shared - n) * len(members) if len(members) > 1 else 0
             if n >= min_shared and n > shrink:
                 groups[-1] = (members + [i], n)
                 continue
         groups.append(([i], len(p)))
     return [(members, shared if len(members) > 1 else 0) for members, shared in groups]
+
+
+def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    """How many leading tokens a and b share, at most `limit`."""
+    n = 0
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n

@@ -12,7 +12,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from .attention import masked_attention, prefill_attention
+from .attention import prefill_attention
 from .compression import QuantConfig, dequantize, quantize
 from .io_queue import IOQueue
 from .kv_cache import BlockCache, decode_over_segments
@@ -220,7 +220,7 @@ class Scheduler:
                                     for p, new in zip(prefix_kv, (new_k, new_v)))
                     if cache is not None:
                         self._cache_op(cache, cache.store_prefill, layer_index, k, keys, values)
-                    return masked_attention(q, keys, values, masks[k])
+                    return F.scaled_dot_product_attention(q, keys, values, attn_mask=masks[k], enable_gqa=True)
                 seen_k, seen_v = new_k, new_v
                 if self.cache_quant is not None:  # attend to what the cache will give back
                     seen_k = dequantize(quantize(new_k, self.cache_quant), new_k.shape[-1], self.cache_quant, new_k.dtype)

@@ -188,6 +188,12 @@ class TieredRows:
     def rows_on(self, tier: str) -> int:
         return sum(end - start for t, start, end, _ in self.parts if t == tier)
 
+    def on_device(self, stop: int | None = None) -> bool:
+        """Whether rows [0, stop) (all rows by default) live on the compute device, so reading
+        them gives a view."""
+        stop = self.shape[0] if stop is None else stop
+        return bool(self.parts) and self.parts[0][0] == "gpu" and self.parts[0][2] >= stop
+
     def only_tier(self) -> str | None:
         return self.parts[0][0] if len(self.parts) == 1 else None
 
@@ -239,22 +245,17 @@ class TieredRows:
         """The whole tensor, or its rows [0, stop), on the compute device (a view when they live
         there)."""
         stop = self.shape[0] if stop is None else stop
-        first_tier, _, first_end, first = self.parts[0] if self.parts else (None, 0, 0, None)
-        if first_tier == "gpu" and stop <= first_end:
-            if stop == first_end:
-                return self.read_part(0, index)
+        if self.on_device(stop):
             self.tiers.moved("gpu", read=self._bytes(stop, index))
+            first = self.parts[0][3]
             return first[:stop] if index is None else first[:stop, index]
         inner = self.shape[1:]
         if index is not None:
             inner = (len(range(*index.indices(self.shape[1]))),) + self.shape[2:]
         out = torch.empty((stop,) + inner, dtype=self.dtype, device=self.tiers.device)
-        for i, (tier, start, end, storage) in enumerate(self.parts):
+        for tier, start, end, storage in self.parts:
             if start >= stop:
                 break
-            if end <= stop and not (tier == "disk" and index is None and not self.tiers.on_cuda):
-                out[start:end].copy_(self.read_part(i, index), non_blocking=True)
-                continue
             end = min(end, stop)
             self.tiers.moved(tier, read=self._bytes(end - start, index))
             if tier == "disk":

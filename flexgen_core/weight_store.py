@@ -90,7 +90,7 @@ class RowTable:
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         """[*ids.shape, dim] rows on the compute device."""
-        if self.buffer.only_tier() == "gpu" and not self.quantized:  # resident: a plain embedding
+        if self.buffer.on_device() and not self.quantized:  # resident: a plain embedding
             storage = self.buffer.parts[0][3]
             rows = self.spec.numel // self.dim
             table = storage[self.offset:self.offset + rows * self.row_bytes].view(self.layout.dtype).view(rows, self.dim)
@@ -161,9 +161,8 @@ class WeightStore:
         """Device bytes a load of layer j allocates: its streamed tensors unless they live on the
         device, plus its dequantized matrices. (A lookup's few rows are not counted.)"""
         layout = self.layouts[j]
-        on_device = self.buffers[j].parts and self.buffers[j].parts[0][0] == "gpu" \
-            and self.buffers[j].parts[0][2] >= layout.streamed_bytes
-        return (0 if on_device else layout.streamed_bytes) + layout.decoded_bytes
+        copied = 0 if self.buffers[j].on_device(layout.streamed_bytes) else layout.streamed_bytes
+        return copied + layout.decoded_bytes
 
     def resident(self, j: int) -> bool:
         """Whether a load of layer j is only views of device memory (nothing read or expanded)."""
