@@ -6,6 +6,7 @@ next token sits at the same column; padding never leaves this module.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .attention import prefill_mask
 from .sampling import RowSampler
@@ -14,6 +15,7 @@ from .sampling import RowSampler
 class _PaddedBatches:
     """rows: token ids. `positions`/`segments` (per row, same lengths) describe packed rows for
     prefix sharing; by default positions count real tokens and everything is one segment.
+    Positions count the shared prefix: a row's first token after a prefix of p tokens is at p.
 
     `prefix`: tokens that every row starts with, left out of `rows`. The scheduler computes them
     once for the whole block and every row attends to their keys and values, so a cache row is
@@ -44,7 +46,7 @@ class _PaddedBatches:
             self.prompts.append(ids.to(device))
             self.valid.append(valid.to(device))
             self.real_lens.append(torch.tensor([p + len(rows[i]) for i in group], device=device))
-            if positions is not None and any(_packed(positions[i], segments[i]) for i in group):
+            if positions is not None and any(_packed(positions[i], segments[i], p) for i in group):
                 pos = torch.zeros((len(group), width), dtype=torch.long)
                 seg = torch.zeros((len(group), width), dtype=torch.long)
                 for r, i in enumerate(group):
@@ -89,10 +91,12 @@ class _PaddedBatches:
         """An explicit mask for packed rows or a window shorter than the rows; None when plain
         causal attention over the left padding (`pads`) says it all."""
         segments = self.segments[k]
-        if self.prefix_len:  # [b, 1, rows' columns, prefix + rows' columns]
-            valid = self.key_valid(0, k)
-            full = prefill_mask(valid, (valid.long().cumsum(1) - 1).clamp(min=0), None, window)
-            return full[:, :, self.prefix_len:]
+        if self.prefix_len:  # [b, 1, rows' columns, prefix + rows' columns]; the prefix is context: segment 0
+            valid, p = self.key_valid(0, k), self.prefix_len
+            positions = torch.cat([self.prefix_inputs()[1].expand(valid.shape[0], -1), self.inputs(0, k)[1]], dim=1)
+            if segments is not None:
+                segments = F.pad(segments, (p, 0))
+            return prefill_mask(valid, positions, segments, window)[:, :, p:]
         if segments is None and (window is None or self.prompt_lens[k] <= window):
             return None
         return prefill_mask(self.key_valid(0, k), self.inputs(0, k)[1], segments, window)
@@ -126,10 +130,10 @@ def _row_groups(rows: list[list[int]], size: int, max_padded_ratio: float | None
     return groups
 
 
-def _packed(positions: list[int], segments: list[int]) -> bool:
+def _packed(positions: list[int], segments: list[int], start: int) -> bool:
     """Whether a row needs its packed positions and segment mask: a context with one continuation
-    (segments 0 and 1, positions 0..n-1) is a plain causal row, e.g. every LAMBADA or wikitext request."""
-    return max(segments) > 1 or positions != list(range(len(positions)))
+    (segments 0 and 1, positions start..) is a plain causal row, e.g. every LAMBADA or wikitext request."""
+    return max(segments) > 1 or positions != list(range(start, start + len(positions)))
 
 
 class GenerationJob(_PaddedBatches):
@@ -203,10 +207,11 @@ class ScoringJob(_PaddedBatches):
     """One forward pass per row; log-probs only at the target positions.
 
     rows[i] are the input ids; targets[i] lists (position in rows[i], token id) pairs:
-    the token expected right after that position."""
+    the token expected right after that position. A shared `prefix` has no targets."""
 
-    def __init__(self, rows, targets, gpu_batch_size, device, pad_id, positions=None, segments=None):
-        super().__init__(rows, gpu_batch_size, 1, device, pad_id, positions, segments)
+    def __init__(self, rows, targets, gpu_batch_size, device, pad_id, positions=None, segments=None,
+                 prefix: list[int] | None = None):
+        super().__init__(rows, gpu_batch_size, 1, device, pad_id, positions, segments, prefix)
         self.targets = targets
         self.logprobs = [[] for _ in rows]
         self.greedy = [[] for _ in rows]

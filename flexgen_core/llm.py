@@ -12,7 +12,7 @@ from .jobs import GenerationJob, ScoringJob
 from .layers import storage_plan
 from .outputs import CompletionOutput, RequestOutput, ScoreOutput
 from .policy import TIERS, Policy
-from .prefix_sharing import pack_choices
+from .prefix_sharing import common_prefix, pack_choices, prefix_groups
 from .sampling import RowSampler, SamplingParams
 from .scheduler import Scheduler
 from .spec import BUILTIN_CONFIGS, ModelSpec
@@ -70,7 +70,7 @@ class LLM:
         self.last_run: dict = {}
         self.totals: dict = {}  # per kind ("generate", "score"): calls, rows, tokens (generated or scored), seconds
         self.plan = None  # the planner's Plan when the policy was chosen automatically
-        self.share_prefixes = True  # compute a block's common prompt prefix once (generate)
+        self.share_prefixes = True  # compute prompt prefixes that rows share once (generate, scoring)
         self.replan: dict | None = None  # planner arguments, to plan each bucket of lengths again
         self.bucket_plans: dict = {}  # (prompt bucket, new tokens) -> Plan
         self._unplannable: set = set()  # buckets that do not fit (their prompts are planned exactly)
@@ -242,7 +242,7 @@ class LLM:
         (one question with each of its answers, as HELM's separate multiple-choice methods send
         them) are packed into one row per group, so the shared start is computed once."""
         rows, targets, positions, segments, plans = [], [], [], [], []
-        for members, shared in _prefix_groups(prompts, SHARED_PREFIX_MIN if self.share_prefixes else None):
+        for members, shared in prefix_groups(prompts, SHARED_PREFIX_MIN if self.share_prefixes else None):
             if shared == 0:  # on its own: one causal row
                 p = prompts[members[0]]
                 rows.append(list(p[:-1]) if len(p) > 1 else list(p))
@@ -280,27 +280,33 @@ class LLM:
         return out
 
     # -- internals ----------------------------------------------------------------------
-    def _shared_prefix(self, rows: list[list[int]], policy: Policy) -> int:
+    def _shared_prefix(self, rows: list[list[int]], policy: Policy, limit: int | None = None) -> int:
         """Tokens at the start of every row (few-shot examples, a system prompt) that a block
-        computes once instead of once per row; each row keeps at least one token of its own.
-        0 when too short to pay for a separate pass, or with a compressed cache, sparse attention
-        or a sliding window, whose prefill does not take a shared prefix."""
+        computes once instead of once per row; each row keeps at least one token of its own, and
+        at most `limit` are shared. 0 when too short to pay for a separate pass, or with a
+        compressed cache, sparse attention or a sliding window, whose prefill does not take a
+        shared prefix."""
         if (not self.share_prefixes or len(rows) < 2 or policy.compress_cache or policy.attn_sparsity < 1.0
                 or self.spec.sliding_window is not None):
             return 0
-        limit = min(len(r) for r in rows) - 1
+        limit = min([len(r) - 1 for r in rows] + ([limit] if limit is not None else []))
         for r in rows[1:]:
-            limit = _common_prefix(rows[0], r, limit)
+            limit = common_prefix(rows[0], r, limit)
         return limit if limit >= SHARED_PREFIX_MIN else 0
 
     def _run_scoring(self, rows, targets, positions=None, segments=None):
+        """Log-probs at the targets; a block's common prefix is computed once when no target falls in it."""
         self._check_prompts(rows)
         results = [None] * len(rows)
         start = time.perf_counter()
-        pick = lambda items, block: None if items is None else [items[i] for i in block]  # noqa: E731
         for block, policy in self._blocks(rows, 1):
-            job = ScoringJob(pick(rows, block), pick(targets, block), policy.gpu_batch_size, self.device,
-                             self._pad_id(), pick(positions, block), pick(segments, block))
+            block_rows = [rows[i] for i in block]
+            first_target = min((pos for i in block for pos, _ in targets[i]), default=0)
+            n = self._shared_prefix(block_rows, policy, limit=first_target)
+            cut = lambda items: None if items is None else [items[i][n:] for i in block]  # noqa: E731
+            job = ScoringJob([r[n:] for r in block_rows], [[(pos - n, tok) for pos, tok in targets[i]] for i in block],
+                             policy.gpu_batch_size, self.device, self._pad_id(), cut(positions), cut(segments),
+                             prefix=block_rows[0][:n])
             with torch.inference_mode():
                 self.scheduler.run(job, policy)
             for r, i in enumerate(block):
@@ -309,13 +315,26 @@ class LLM:
         return results
 
     def _blocks(self, rows, new_tokens: int):
-        """(row indices, policy) per block: rows of similar lengths (longest first) to limit padding,
-        as many as the policy for the block's longest row takes."""
-        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
-        blocks, i = [], 0
-        while i < len(order):
-            policy = self.policy_for(len(rows[order[i]]), new_tokens)
-            blocks.append((order[i:i + policy.block_size], policy))
+        """(row indices, policy) per block, as many rows as the policy for the block's longest row
+        takes. Rows that start alike (few-shot examples) fill blocks of their own, which compute
+        their common prefix once; the other rows, and what is left of each group, go longest first
+        to limit padding. So there are no more blocks than without sharing (each block streams
+        the weights once)."""
+        blocks, rest = [], []
+        for members, _ in prefix_groups(rows, SHARED_PREFIX_MIN if self.share_prefixes else None):
+            members = sorted(members, key=lambda i: -len(rows[i]))
+            while len(members) > 1:
+                policy = self.policy_for(len(rows[members[0]]), new_tokens)
+                if len(members) < policy.block_size:
+                    break
+                blocks.append((members[:policy.block_size], policy))
+                members = members[policy.block_size:]
+            rest += members
+        rest.sort(key=lambda i: -len(rows[i]))
+        i = 0
+        while i < len(rest):
+            policy = self.policy_for(len(rows[rest[i]]), new_tokens)
+            blocks.append((rest[i:i + policy.block_size], policy))
             i += policy.block_size
         return blocks
 
@@ -407,37 +426,3 @@ def _load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path)
-
-
-def _prefix_groups(prompts: list[list[int]], min_shared: int | None) -> list[tuple[list[int], int]]:
-    """(prompt indices, shared length) per group of prompts that start with the same `shared`
-    tokens (at least `min_shared`; each keeps at least one token of its own); shared 0 for a
-    prompt on its own. None: no grouping.
-
-    Prompts are taken in token order, so alike ones are neighbours. A prompt joins the group
-    before it when that saves more than it costs: it saves the shared tokens it no longer
-    computes, and costs every member the tokens by which the shared start would shrink (e.g. a
-    chat template's header is common to all prompts, but one question's answers share far more)."""
-    if min_shared is None:
-        return [([i], 0) for i in range(len(prompts))]
-    groups: list[tuple[list[int], int]] = []
-    for i in sorted(range(len(prompts)), key=lambda i: prompts[i]):
-        p = prompts[i]
-        if groups:
-            members, shared = groups[-1]
-            first = prompts[members[0]]
-            n = _common_prefix(first, p, min(shared if len(members) > 1 else len(first) - 1, len(p) - 1))
-            shrink = (shared - n) * len(members) if len(members) > 1 else 0
-            if n >= min_shared and n > shrink:
-                groups[-1] = (members + [i], n)
-                continue
-        groups.append(([i], len(p)))
-    return [(members, shared if len(members) > 1 else 0) for members, shared in groups]
-
-
-def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
-    """How many leading tokens a and b share, at most `limit`."""
-    n = 0
-    while n < limit and a[n] == b[n]:
-        n += 1
-    return n

@@ -1,10 +1,11 @@
-"""Pack one context and several continuations into a single row (prefix sharing).
+"""Prefix sharing: tokens that several rows start with are computed once.
 
-Multiple-choice scoring asks for log p(choice | context) for every choice. Packed as
-context + choice1[:-1] + choice2[:-1] + ..., with each choice's positions starting
-where the context ends and a mask that lets a choice see only the context and
-itself, one forward pass computes the context once and every choice exactly as if
-it had been scored alone.
+Two ways. Packing (`pack_choices`): multiple-choice scoring asks for log p(choice | context)
+for every choice; packed as context + choice1[:-1] + choice2[:-1] + ..., with each choice's
+positions starting where the context ends and a mask that lets a choice see only the context
+and itself, one forward pass computes the context once and every choice exactly as if it had
+been scored alone. Block prefixes (`prefix_groups`): rows that start alike (few-shot examples)
+go to the same blocks, and the scheduler runs a block's common prefix once for all its rows.
 """
 from __future__ import annotations
 
@@ -42,3 +43,47 @@ def pack_choices(context: list[int], continuations: list[list[int]], max_len: in
         current.targets += list(zip(sources, cont))
         current.owners += [c] * len(cont)
     return packs
+
+
+def prefix_groups(prompts: list[list[int]], min_shared: int | None) -> list[tuple[list[int], int]]:
+    """(prompt indices, shared length) per group of prompts that start with the same `shared`
+    tokens (at least `min_shared`; each keeps at least one token of its own); shared 0 for a
+    prompt on its own. None: no grouping.
+
+    Prompts are taken in token order, so alike ones are neighbours. A prompt joins the group
+    before it when that saves more than it costs: it saves the shared tokens it no longer
+    computes, and costs every member the tokens by which the shared start would shrink (e.g. a
+    chat template's header is common to all prompts, but one question's answers share far more)."""
+    if min_shared is None:
+        return [([i], 0) for i in range(len(prompts))]
+    groups: list[tuple[list[int], int]] = []
+    for i in sorted(range(len(prompts)), key=lambda i: prompts[i]):
+        p = prompts[i]
+        if groups:
+            members, shared = groups[-1]
+            first = prompts[members[0]]
+            n = common_prefix(first, p, min(shared if len(members) > 1 else len(first) - 1, len(p) - 1))
+            shrink = (shared - n) * len(members) if len(members) > 1 else 0
+            if n >= min_shared and n > shrink:
+                groups[-1] = (members + [i], n)
+                continue
+        groups.append(([i], len(p)))
+    return [(members, shared if len(members) > 1 else 0) for members, shared in groups]
+
+
+def common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    """How many leading tokens a and b share, at most `limit`."""
+    n = 0
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def alike_order(rows: list[list[int]], min_shared: int | None) -> list[int]:
+    """Row indices with the rows of each prefix group together, longest first within a group and
+    groups by their longest row: plain longest-first order when nothing is shared. For callers
+    that send rows in chunks (lm-eval, HELM): chunks cut from this order keep alike rows in one
+    call, where blocks can compute their common prefix once (few-shot examples)."""
+    groups = [sorted(members, key=lambda i: -len(rows[i])) for members, _ in prefix_groups(rows, min_shared)]
+    groups.sort(key=lambda g: -len(rows[g[0]]))
+    return [i for g in groups for i in g]

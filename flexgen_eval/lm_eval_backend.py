@@ -18,6 +18,8 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from flexgen_core import LLM, Policy, SamplingParams
+from flexgen_core.llm import SHARED_PREFIX_MIN
+from flexgen_core.prefix_sharing import alike_order
 from flexgen_eval import run_stats
 
 log = logging.getLogger(__name__)
@@ -259,8 +261,10 @@ class FlexGenLM(TemplateLM):
                 raise ValueError(f"flexgen: continuation of {len(cont)} tokens; must be 1..{self.max_length}")
             ctx = tuple(ctx[-(limit - len(cont)):])
             groups[ctx].setdefault(tuple(cont), []).append(i)
-        # longest first, as HFLM does: time estimates err high and memory peaks come first
-        order = sorted(groups.items(), key=lambda g: -(len(g[0]) + sum(len(c) for c in g[1])))
+        # longest first, as HFLM does (time estimates err high, memory peaks come first), but
+        # contexts that start alike (few-shot examples) together, so a chunk's blocks share them
+        items = list(groups.items())
+        order = [items[i] for i in alike_order([list(ctx) for ctx in groups], self._min_shared())]
         shared = hasattr(self.llm, "score_choices")
         for start in range(0, len(order), self.chunk_rows):
             chunk = order[start:start + self.chunk_rows]
@@ -280,6 +284,9 @@ class FlexGenLM(TemplateLM):
                         done(i, out)
             bar.add_tokens(tokens)
 
+    def _min_shared(self) -> int | None:
+        return SHARED_PREFIX_MIN if getattr(self.llm, "share_prefixes", False) else None
+
     # -- generation -----------------------------------------------------------------------
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         results: list = [None] * len(requests)
@@ -298,7 +305,7 @@ class FlexGenLM(TemplateLM):
             params = self._sampling_params(kwargs, until, max_gen_toks)
             prompts = {i: self.tok_encode(requests[i].args[0], left_truncate_len=self.max_length - max_gen_toks)
                        for i in indices}
-            order = sorted(indices, key=lambda i: -len(prompts[i]))
+            order = [indices[j] for j in alike_order([prompts[i] for i in indices], self._min_shared())]
             for start in range(0, len(order), self.chunk_rows):
                 chunk = order[start:start + self.chunk_rows]
                 outs = self.llm.generate([prompts[i] for i in chunk], params)

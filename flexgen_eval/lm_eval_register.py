@@ -15,6 +15,8 @@ MODEL_NAME = "flexgen"
 TARGET = "flexgen_eval.lm_eval_backend:FlexGenLM"
 PTH_NAME = "flexgen_lm_eval.pth"  # sorts after setuptools' __editable__ finder .pth, which makes us importable
 PROGRAMS = ("lm_eval", "lm-eval")
+MODULES = ("lm_eval", "lm_eval.__main__")
+OPTIONS_WITH_VALUE = ("-X", "-W", "--check-hash-based-pycs")  # python options whose value is the next argument
 
 
 def register() -> None:
@@ -31,16 +33,31 @@ def register() -> None:
 
 
 def running_lm_eval(argv: list[str] | None = None) -> bool:
-    """Whether this interpreter runs the lm_eval CLI: the console scripts or `python -m lm_eval`."""
+    """Whether this interpreter runs the lm_eval CLI: the console scripts or `python -m lm_eval`,
+    interpreter options included (`python -X importtime -m lm_eval`, `python -u -m lm_eval`)."""
     argv = list(argv if argv is not None else getattr(sys, "orig_argv", sys.argv))
-    for i, arg in enumerate(argv[:4]):
+    if argv and _program(argv[0]) in PROGRAMS:  # the console script itself
+        return True
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
         if arg == "-m":
-            return i + 1 < len(argv) and argv[i + 1] in ("lm_eval", "lm_eval.__main__")
+            return i + 1 < len(argv) and argv[i + 1] in MODULES
         if arg.startswith("-m"):
-            return arg[2:] in ("lm_eval", "lm_eval.__main__")
-        if i < 2 and os.path.basename(arg).removesuffix(".exe") in PROGRAMS:  # the program or its script
-            return True
+            return arg[2:] in MODULES
+        if arg in OPTIONS_WITH_VALUE:
+            i += 2
+            continue
+        if arg == "-" or arg.startswith("-c"):
+            return False
+        if not arg.startswith("-"):  # the script python runs: `python /venv/bin/lm_eval ...`
+            return _program(arg) in PROGRAMS
+        i += 1
     return False
+
+
+def _program(path: str) -> str:
+    return os.path.basename(path).removesuffix(".exe")
 
 
 def register_if_lm_eval() -> None:

@@ -1,5 +1,5 @@
 """Wall time of `lm_eval --model hf --batch_size 16` vs `lm_eval --model flexgen` on the same tasks,
-with the metrics and per-sample log-likelihoods of both compared. Writes results/lm_eval_cpu.{md,json}.
+with the metrics and per-sample log-likelihoods of both compared. Writes results/lm_eval_cpu.{md,json} (--name).
 
     FLEXGEN_DATA_DIR=../shared/data .venv/bin/python scripts/bench_lm_eval.py            # the issue's sizes
     FLEXGEN_DATA_DIR=../shared/data .venv/bin/python scripts/bench_lm_eval.py --scale 0.1  # a reduced run
@@ -28,10 +28,12 @@ TASKS = {"offline_arc_easy": 500, "offline_lambada_openai": 1000, "offline_hella
 HF_BATCH = {"offline_wikitext": 4}
 
 
-def lm_eval_command(model: str, model_args: str, task: str, limit: int, out_dir: str, batch_size: int) -> list[str]:
+def lm_eval_command(model: str, model_args: str, task: str, limit: int, out_dir: str, batch_size: int,
+                    num_fewshot: int | None = None) -> list[str]:
     return [os.path.join(os.path.dirname(sys.executable), "lm_eval"), "--model", model, "--model_args", model_args,
             "--tasks", task, "--include_path", os.path.join(REPO, "scenarios", "lm_eval"), "--limit", str(limit),
-            "--batch_size", str(batch_size), "--device", "cpu", "--log_samples", "--output_path", out_dir]
+            "--batch_size", str(batch_size), "--device", "cpu", "--log_samples", "--output_path", out_dir] + \
+        ([] if num_fewshot is None else ["--num_fewshot", str(num_fewshot)])
 
 
 def run(cmd: list[str], log_path: str) -> float:
@@ -110,7 +112,10 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of each task's documents to run")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of " + ",".join(TASKS))
     parser.add_argument("--flexgen_args", default="", help="extra flexgen model_args, e.g. gpu_batch_size=32")
-    parser.add_argument("--out", default=os.path.join(REPO, "results"), help="where lm_eval_cpu.{md,json} go")
+    parser.add_argument("--num_fewshot", type=int, default=None,
+                        help="in-context examples per prompt, for both backends (default: each task's own, 0 here)")
+    parser.add_argument("--out", default=os.path.join(REPO, "results"), help="where NAME.{md,json} go")
+    parser.add_argument("--name", default="lm_eval_cpu", help="file name of the report, without extension")
     parser.add_argument("--work", default="/tmp/flexgen-bench-lm-eval", help="lm_eval outputs and logs")
     parser.add_argument("--rounds", type=int, default=1,
                         help="runs of each backend per task, alternating hf and flexgen; the median is reported")
@@ -133,7 +138,7 @@ def main() -> int:
             for model, extra in (("hf", ""), ("flexgen", args.flexgen_args)):
                 model_args = f"pretrained={model_dir},dtype=float32" + (f",{extra}" if extra else "")
                 out_dir = os.path.join(args.work, model, task)
-                cmd = lm_eval_command(model, model_args, task, limit, out_dir, batch)
+                cmd = lm_eval_command(model, model_args, task, limit, out_dir, batch, args.num_fewshot)
                 print(f"[{task}] {model} round {k + 1}/{args.rounds}: {' '.join(cmd)}", flush=True)
                 row.setdefault(f"{model}_runs_seconds", []).append(run(cmd, out_dir + ".log"))
                 row[f"{model}_command"] = " ".join(cmd)
@@ -149,12 +154,12 @@ def main() -> int:
         rows.append(row)
         report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   "command": " ".join([os.path.relpath(sys.executable, REPO)] + sys.argv), "model": model_dir,
-                  "scale": args.scale, "rounds": args.rounds, "load_avg_start": load_start,
+                  "scale": args.scale, "rounds": args.rounds, "num_fewshot": args.num_fewshot, "load_avg_start": load_start,
                   "load_avg_end": os.getloadavg(), "machine": machine(), "runs": rows}
         os.makedirs(args.out, exist_ok=True)  # rewritten after every task, so a cut run keeps what finished
-        with open(os.path.join(args.out, "lm_eval_cpu.json"), "w") as f:
+        with open(os.path.join(args.out, args.name + ".json"), "w") as f:
             json.dump(report, f, indent=1, default=str)
-        with open(os.path.join(args.out, "lm_eval_cpu.md"), "w") as f:
+        with open(os.path.join(args.out, args.name + ".md"), "w") as f:
             f.write(markdown(report))
     print(markdown(report))
     return 0
@@ -162,8 +167,10 @@ def main() -> int:
 
 def markdown(report: dict) -> str:
     m = report["machine"]
+    shots = report.get("num_fewshot")
     lines = [
-        "# lm-eval on CPU: `--model hf --batch_size 16` vs `--model flexgen`", "",
+        "# lm-eval on CPU: `--model hf --batch_size 16` vs `--model flexgen`"
+        + ("" if shots is None else f", `--num_fewshot {shots}`"), "",
         f"- date: {report['date']}",
         f"- command: `{report['command']}`",
         f"- model: `{report['model']}` (fp32)",
@@ -182,9 +189,10 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['task']} | {r['limit']} | {r['hf_seconds']:.1f} | {r['flexgen_seconds']:.1f} | "
                      f"{r['speedup']:.2f}x | {'yes' if r['identical_metrics'] else 'NO'} | "
                      f"{r['max_loglik_diff']:.2e} | {r['mismatched_responses']} |")
-    lines += ["", "Speed-ups come from prefix sharing (each multiple-choice context computed once); tasks "
-              "with one continuation per context run at the runtime's own speed. Timings from a shared "
-              "machine vary run to run: rerun before quoting them.", "", "Metrics (hf / flexgen):", ""]
+    lines += ["", "Speed-ups come from prefix sharing (each multiple-choice context computed once, and a "
+              "block's common start, e.g. few-shot examples, computed once for its rows); tasks with one "
+              "continuation per context run at the runtime's own speed. Timings from a shared machine vary "
+              "run to run: rerun before quoting them.", "", "Metrics (hf / flexgen):", ""]
     for r in report["runs"]:
         lines.append(f"- {r['task']}: {json.dumps(r['hf_metrics'])} / {json.dumps(r['flexgen_metrics'])}")
     return "\n".join(lines) + "\n"

@@ -77,6 +77,26 @@ def test_loglikelihood_matches_hf(hf_lm, flexgen_lm):
         assert g_greedy == w_greedy
 
 
+def test_few_shot_contexts_share_their_examples(hf_lm, flexgen_lm, monkeypatch):
+    """Contexts that start with the same examples go to the same blocks, which compute them once."""
+    from flexgen_core.scheduler import Scheduler
+
+    passes = []
+    original = Scheduler._prefix_layer
+    monkeypatch.setattr(Scheduler, "_prefix_layer", lambda self, job, *a: (passes.append(job.prefix_len),
+                                                                          original(self, job, *a)))
+    shots = "Question: what is one plus one? Answer: two\n\nQuestion: what is two plus two? Answer: four\n\n"
+    pairs = [(shots + f"Question: what is {n} plus two? Answer:", choice)
+             for n in ("one", "three", "five", "seven", "nine", "ten") for choice in (" three", " eleven")]
+    pairs += [("Once upon a time", " there"), ("The capital of France is", " Paris.")]
+    want = hf_lm.loglikelihood(_instances("loglikelihood", pairs))
+    got = flexgen_lm.loglikelihood(_instances("loglikelihood", pairs))
+    assert passes  # at least one block of 4 contexts computed the examples once
+    for (w_lp, w_greedy), (g_lp, g_greedy) in zip(want, got, strict=True):
+        assert g_lp == pytest.approx(w_lp, abs=TOL)
+        assert g_greedy == w_greedy
+
+
 def test_loglikelihood_rolling_matches_hf(hf_lm, flexgen_lm):
     want = hf_lm.loglikelihood_rolling(_instances("loglikelihood_rolling", ROLLING))
     got = flexgen_lm.loglikelihood_rolling(_instances("loglikelihood_rolling", ROLLING))
@@ -132,13 +152,14 @@ def test_demo_task_matches_hf_without_data(hf_lm, flexgen_lm, task_manager):
     _samples_match(hf, fg, task)
 
 
-@pytest.mark.parametrize("tasks,limit", [
-    (["offline_arc_easy", "offline_lambada_openai", "offline_hellaswag", "offline_mmlu_astronomy"], 4),
-    (["offline_wikitext"], 1),  # documents of thousands of tokens: many rolling windows each
+@pytest.mark.parametrize("tasks,limit,shots", [
+    (["offline_arc_easy", "offline_lambada_openai", "offline_hellaswag", "offline_mmlu_astronomy"], 4, None),
+    (["offline_wikitext"], 1, None),  # documents of thousands of tokens: many rolling windows each
+    (["offline_mmlu_management"], 8, 1),  # every question after the same example: blocks share it
 ])
-def test_offline_tasks_match_hf(hf_lm, flexgen_lm, task_manager, flexgen_data_dir, tasks, limit):
-    hf = _evaluate(hf_lm, tasks, task_manager, limit)
-    fg = _evaluate(flexgen_lm, tasks, task_manager, limit)
+def test_offline_tasks_match_hf(hf_lm, flexgen_lm, task_manager, flexgen_data_dir, tasks, limit, shots):
+    hf = _evaluate(hf_lm, tasks, task_manager, limit, num_fewshot=shots)
+    fg = _evaluate(flexgen_lm, tasks, task_manager, limit, num_fewshot=shots)
     for task in tasks:
         want, got = _metrics(hf, task), _metrics(fg, task)
         assert got.keys() == want.keys()
@@ -249,8 +270,10 @@ def test_register_keeps_builtin_backends():
 
 def test_running_lm_eval_detection():
     yes = [["python", "-m", "lm_eval", "run"], ["/v/bin/lm_eval", "run"], ["/v/bin/python", "/v/bin/lm-eval"],
-           ["python", "-mlm_eval"]]
-    no = [["python", "-c", "pass"], ["python", "script.py", "lm_eval"], ["python", "-m", "pytest", "lm_eval"]]
+           ["python", "-mlm_eval"], ["python", "-X", "importtime", "-W", "ignore", "-u", "-m", "lm_eval", "run"],
+           ["python", "-Ximporttime", "-m", "lm_eval.__main__"], ["python", "-B", "/v/bin/lm_eval"]]
+    no = [["python", "-c", "pass"], ["python", "script.py", "lm_eval"], ["python", "-m", "pytest", "lm_eval"],
+          ["python", "-X", "lm_eval", "tool.py"], ["python", "-c", "import x", "-m", "lm_eval"], ["python"]]
     assert all(lm_eval_register.running_lm_eval(a) for a in yes)
     assert not any(lm_eval_register.running_lm_eval(a) for a in no)
 

@@ -36,12 +36,54 @@ def test_shared_prefix_gives_the_same_outputs(model, name, request, tmp_path, mo
         assert a.outputs[0].logprobs == pytest.approx(b.outputs[0].logprobs, abs=1e-4)
 
 
+@pytest.mark.parametrize("model", ["tiny_llama_dir", "tiny_opt_dir"])
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_scoring_shares_block_prefixes(model, name, request, tmp_path, monkeypatch):
+    """lm-eval's few-shot multiple choice: questions after the same examples, several answers each."""
+    path = request.getfixturevalue(model)
+    passes = []
+    original = Scheduler._prefix_layer
+    monkeypatch.setattr(Scheduler, "_prefix_layer", lambda self, job, *a: (passes.append(job.prefix_len),
+                                                                          original(self, job, *a)))
+    other = list(range(200, 230))  # a second "subject": its own examples
+    contexts = [SHOTS + [5, 6, 7], other + [8, 9], SHOTS + [9], other + [3], SHOTS + [100, 101, 102, 103, 104],
+                SHOTS[:30] + [3], [4, 5, 6]] + [SHOTS + [70 + i] * (i % 3 + 1) for i in range(8)] + \
+               [other + [80 + i] for i in range(8)]
+    groups = [(ctx, [[11], [12, 13], [14]]) for ctx in contexts]
+    pairs = [(ctx, [60, 61]) for ctx in contexts]
+    with LLM.from_pretrained(path, policy=POLICIES[name], offload_dir=str(tmp_path)) as llm:
+        llm.share_prefixes = False
+        alone_choices, alone_pairs = llm.score_choices(groups), llm.score(pairs)
+        assert not passes
+        llm.share_prefixes = True
+        shared_choices, shared_pairs = llm.score_choices(groups), llm.score(pairs)
+    assert passes and set(passes) <= {30, len(SHOTS), len(other)} and len(other) in passes
+    for a, b in zip(sum(alone_choices, []) + alone_pairs, sum(shared_choices, []) + shared_pairs):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+        assert a.is_greedy == b.is_greedy
+
+
+def test_blocks_keep_alike_rows_together(tiny_llama_dir, tmp_path):
+    from flexgen_core.prefix_sharing import alike_order
+
+    a, b = list(range(100, 120)), list(range(200, 220))
+    rows = [a + [1], b + [1, 2, 3], a + [1, 2], [7] * 30, b + [4], a + [5, 6, 7, 8]]
+    assert alike_order(rows, 16) == [3, 5, 2, 0, 1, 4]  # groups by their longest row, longest first within
+    assert alike_order(rows, None) == [3, 5, 1, 2, 0, 4]  # no sharing: longest first
+    with LLM.from_pretrained(tiny_llama_dir, policy=Policy(gpu_batch_size=2), offload_dir=str(tmp_path)) as llm:
+        # a's and b's groups fill blocks; a's last row joins the others: as many blocks as without sharing
+        assert [block for block, _ in llm._blocks(rows, 1)] == [[5, 2], [1, 4], [3, 0]]
+        llm.share_prefixes = False
+        assert [block for block, _ in llm._blocks(rows, 1)] == [[3, 5], [1, 2], [0, 4]]
+
+
 def test_no_sharing_when_a_prompt_would_be_left_empty(tiny_llama_dir, tmp_path):
     with LLM.from_pretrained(tiny_llama_dir, policy=Policy(), offload_dir=str(tmp_path)) as llm:
         assert llm._shared_prefix([SHOTS, SHOTS + [1]], Policy()) == len(SHOTS) - 1
         assert llm._shared_prefix([SHOTS[:10] + [1], SHOTS[:10] + [2]], Policy()) == 0  # too short to pay
         assert llm._shared_prefix([SHOTS + [1], [3, 4, 5]], Policy()) == 0
         assert llm._shared_prefix([SHOTS + [1], SHOTS + [2]], Policy(compress_cache=True)) == 0
+        assert llm._shared_prefix([SHOTS + [1], SHOTS + [2]], Policy(), limit=20) == 20  # a target at position 20
 
 
 def test_prompt_logprobs_of_alike_prompts_match_scoring_each_alone(tiny_llama_dir, tiny_opt_dir, tmp_path):
@@ -62,7 +104,7 @@ def test_prompt_logprobs_of_alike_prompts_match_scoring_each_alone(tiny_llama_di
 
 
 def test_prefix_groups():
-    from flexgen_core.llm import _prefix_groups
+    from flexgen_core.prefix_sharing import prefix_groups as _prefix_groups
 
     q = list(range(100, 120))
     groups = _prefix_groups([q + [1], [5, 6], q + [2, 3], q, q[:10] + [9]], 16)
