@@ -79,11 +79,13 @@ def common_prefix(a: list[int], b: list[int], limit: int) -> int:
     return n
 
 
-def alike_order(rows: list[list[int]], min_shared: int | None) -> list[int]:
+def alike_order(rows: list[list[int]], min_shared: int | None, lengths: list[int] | None = None) -> list[int]:
     """Row indices with the rows of each prefix group together, longest first within a group and
-    groups by their longest row: plain longest-first order when nothing is shared. For callers
-    that send rows in chunks (lm-eval, HELM): chunks cut from this order keep alike rows in one
-    call, where blocks can compute their common prefix once (few-shot examples)."""
-    groups = [sorted(members, key=lambda i: -len(rows[i])) for members, _ in prefix_groups(rows, min_shared)]
-    groups.sort(key=lambda g: -len(rows[g[0]]))
+    groups by their longest row: plain longest-first order when nothing is shared. `lengths`:
+    what each row will cost in tokens, when more than the row (a context's continuations).
+    For callers that send rows in chunks (lm-eval, HELM): chunks cut from this order keep alike
+    rows in one call, where blocks can compute their common prefix once (few-shot examples)."""
+    size = lengths or [len(r) for r in rows]
+    groups = [sorted(members, key=lambda i: -size[i]) for members, _ in prefix_groups(rows, min_shared)]
+    groups.sort(key=lambda g: -size[g[0]])
     return [i for g in groups for i in g]

@@ -264,7 +264,8 @@ class FlexGenLM(TemplateLM):
         # longest first, as HFLM does (time estimates err high, memory peaks come first), but
         # contexts that start alike (few-shot examples) together, so a chunk's blocks share them
         items = list(groups.items())
-        order = [items[i] for i in alike_order([list(ctx) for ctx in groups], self._min_shared())]
+        sizes = [len(ctx) + sum(len(c) for c in conts) for ctx, conts in items]
+        order = [items[i] for i in alike_order([list(ctx) for ctx in groups], self._min_shared(), sizes)]
         shared = hasattr(self.llm, "score_choices")
         for start in range(0, len(order), self.chunk_rows):
             chunk = order[start:start + self.chunk_rows]
