@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 import threading
+import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -51,6 +52,9 @@ class TierSet:
         self.offload_dir = offload_dir or tempfile.mkdtemp(prefix="flexgen-offload-")
         os.makedirs(self.offload_dir, exist_ok=True)
         self.scratch_dir = tempfile.mkdtemp(prefix="scratch-", dir=self.offload_dir)
+        # also at interpreter exit: lm_eval and helm-run end without closing the model
+        self._remove_files = weakref.finalize(self, shutil.rmtree, self.offload_dir if self._own_dir else self.scratch_dir,
+                                              ignore_errors=True)
         self.stats = TierStats()
         self._lock = threading.Lock()
         self._counter = 0
@@ -90,9 +94,7 @@ class TierSet:
             return os.path.join(self.scratch_dir, f"{self._counter:06d}-{name}.bin")
 
     def close(self):
-        shutil.rmtree(self.scratch_dir, ignore_errors=True)
-        if self._own_dir:
-            shutil.rmtree(self.offload_dir, ignore_errors=True)
+        self._remove_files()
 
 
 class DiskArray:

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -67,3 +69,17 @@ def test_gather_reads_spans_from_every_tier(tmp_path, percents):
     for stop in (1, 300, 999, 1000):
         assert torch.equal(buf.read(stop=stop), data[:stop])
     tiers.close()
+
+
+def test_files_are_removed_at_exit_without_close(tmp_path):
+    """lm_eval and helm-run exit without closing the model: its temporary files still go."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from flexgen_core.tiers import TierSet; "
+            "own = TierSet('cpu'); given = TierSet('cpu', sys.argv[1]); "
+            "print(own.offload_dir); print(given.scratch_dir)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    own_dir, scratch_dir = out.stdout.split()
+    assert not os.path.exists(own_dir) and not os.path.exists(scratch_dir)
+    assert os.path.isdir(tmp_path)  # a directory the caller named stays
