@@ -79,13 +79,20 @@ def common_prefix(a: list[int], b: list[int], limit: int) -> int:
     return n
 
 
-def alike_order(rows: list[list[int]], min_shared: int | None, lengths: list[int] | None = None) -> list[int]:
-    """Row indices with the rows of each prefix group together, longest first within a group and
-    groups by their longest row: plain longest-first order when nothing is shared. `lengths`:
-    what each row will cost in tokens, when more than the row (a context's continuations).
-    For callers that send rows in chunks (lm-eval, HELM): chunks cut from this order keep alike
-    rows in one call, where blocks can compute their common prefix once (few-shot examples)."""
+def alike_order(rows: list[list[int]], min_shared: int | None, lengths: list[int] | None = None,
+                block: int = 1) -> list[int]:
+    """Row indices for callers that send rows in chunks of `block` (lm-eval): each prefix group
+    gives whole chunks of its rows, so every such chunk can compute their common start once
+    (few-shot examples); the other rows, and what is left of each group, follow longest first,
+    so chunks of them pad little. `lengths`: what each row costs in tokens, when more than the
+    row (a context's continuations)."""
     size = lengths or [len(r) for r in rows]
-    groups = [sorted(members, key=lambda i: -size[i]) for members, _ in prefix_groups(rows, min_shared)]
-    groups.sort(key=lambda g: -size[g[0]])
-    return [i for g in groups for i in g]
+    whole, rest = [], []
+    for members, _ in prefix_groups(rows, min_shared):
+        members = sorted(members, key=lambda i: -size[i])
+        n = len(members) // block * block if len(members) > 1 else 0
+        if n:
+            whole.append(members[:n])
+        rest += members[n:]
+    whole.sort(key=lambda g: -size[g[0]])
+    return [i for g in whole for i in g] + sorted(rest, key=lambda i: -size[i])

@@ -68,9 +68,12 @@ def test_blocks_keep_alike_rows_together(tiny_llama_dir, tmp_path):
 
     a, b = list(range(100, 120)), list(range(200, 220))
     rows = [a + [1], b + [1, 2, 3], a + [1, 2], [7] * 30, b + [4], a + [5, 6, 7, 8]]
-    assert alike_order(rows, 16) == [3, 5, 2, 0, 1, 4]  # groups by their longest row, longest first within
+    assert alike_order(rows, 16) == [5, 2, 0, 1, 4, 3]  # groups first, by their longest row; longest first within
     assert alike_order(rows, None) == [3, 5, 1, 2, 0, 4]  # no sharing: longest first
     assert alike_order(rows, None, [1, 2, 3, 4, 5, 6]) == [5, 4, 3, 2, 1, 0]  # by what each row costs
+    # in chunks of 2: a's group gives one chunk, b's another; a's third row joins the rest by length
+    assert alike_order(rows, 16, block=2) == [5, 2, 1, 4, 3, 0]
+    assert alike_order(rows, 16, block=4) == [3, 5, 1, 2, 0, 4]  # no group fills a chunk: longest first
     with LLM.from_pretrained(tiny_llama_dir, policy=Policy(gpu_batch_size=2), offload_dir=str(tmp_path)) as llm:
         # a's and b's groups fill blocks; a's last row joins the others: as many blocks as without sharing
         assert [block for block, _ in llm._blocks(rows, 1)] == [[5, 2], [1, 4], [3, 0]]
