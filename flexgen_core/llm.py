@@ -12,7 +12,7 @@ from .jobs import GenerationJob, ScoringJob
 from .layers import storage_plan
 from .outputs import CompletionOutput, RequestOutput, ScoreOutput
 from .policy import TIERS, Policy
-from .prefix_sharing import common_prefix, pack_choices, prefix_groups
+from .prefix_sharing import common_prefix, pack_choices, prefix_blocks, prefix_groups
 from .sampling import RowSampler, SamplingParams
 from .scheduler import Scheduler
 from .spec import BUILTIN_CONFIGS, ModelSpec
@@ -316,27 +316,12 @@ class LLM:
 
     def _blocks(self, rows, new_tokens: int):
         """(row indices, policy) per block, as many rows as the policy for the block's longest row
-        takes. Rows that start alike (few-shot examples) fill blocks of their own, which compute
-        their common prefix once; the other rows, and what is left of each group, go longest first
-        to limit padding. So there are no more blocks than without sharing (each block streams
-        the weights once)."""
-        blocks, rest = [], []
-        for members, _ in prefix_groups(rows, SHARED_PREFIX_MIN if self.share_prefixes else None):
-            members = sorted(members, key=lambda i: -len(rows[i]))
-            while len(members) > 1:
-                policy = self.policy_for(len(rows[members[0]]), new_tokens)
-                if len(members) < policy.block_size:
-                    break
-                blocks.append((members[:policy.block_size], policy))
-                members = members[policy.block_size:]
-            rest += members
-        rest.sort(key=lambda i: -len(rows[i]))
-        i = 0
-        while i < len(rest):
-            policy = self.policy_for(len(rows[rest[i]]), new_tokens)
-            blocks.append((rest[i:i + policy.block_size], policy))
-            i += policy.block_size
-        return blocks
+        takes; rows that start alike fill blocks of their own (prefix_sharing.prefix_blocks)."""
+        def policy(i):
+            return self.policy_for(len(rows[i]), new_tokens)
+
+        min_shared = SHARED_PREFIX_MIN if self.share_prefixes else None
+        return [(block, policy(block[0])) for block in prefix_blocks(rows, min_shared, lambda i: policy(i).block_size)]
 
     def _check_prompts(self, prompts, extra: int = 0):
         if not isinstance(prompts, (list, tuple)):

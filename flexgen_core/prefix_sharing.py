@@ -4,7 +4,7 @@ Two ways. Packing (`pack_choices`): multiple-choice scoring asks for log p(choic
 for every choice; packed as context + choice1[:-1] + choice2[:-1] + ..., with each choice's
 positions starting where the context ends and a mask that lets a choice see only the context
 and itself, one forward pass computes the context once and every choice exactly as if it had
-been scored alone. Block prefixes (`prefix_groups`): rows that start alike (few-shot examples)
+been scored alone. Block prefixes (`prefix_blocks`): rows that start alike (few-shot examples)
 go to the same blocks, and the scheduler runs a block's common prefix once for all its rows.
 """
 from __future__ import annotations
@@ -79,20 +79,33 @@ def common_prefix(a: list[int], b: list[int], limit: int) -> int:
     return n
 
 
-def alike_order(rows: list[list[int]], min_shared: int | None, lengths: list[int] | None = None,
-                block: int = 1) -> list[int]:
-    """Row indices for callers that send rows in chunks of `block` (lm-eval): each prefix group
-    gives whole chunks of its rows, so every such chunk can compute their common start once
-    (few-shot examples); the other rows, and what is left of each group, follow longest first,
-    so chunks of them pad little. `lengths`: what each row costs in tokens, when more than the
-    row (a context's continuations)."""
+def prefix_blocks(rows: list[list[int]], min_shared: int | None, block_size, lengths: list[int] | None = None
+                  ) -> list[list[int]]:
+    """Row indices cut into blocks; `block_size(i)`: how many rows a block led by row i takes.
+    Each prefix group gives whole blocks of its rows, which can compute their common start once
+    (few-shot examples); the other rows, and what is left of each group, follow longest first, so
+    their blocks pad little. No more blocks than without grouping. `lengths`: what each row costs
+    in tokens, when more than the row (a context's continuations)."""
     size = lengths or [len(r) for r in rows]
     whole, rest = [], []
     for members, _ in prefix_groups(rows, min_shared):
         members = sorted(members, key=lambda i: -size[i])
-        n = len(members) // block * block if len(members) > 1 else 0
-        if n:
+        while len(members) > 1 and len(members) >= block_size(members[0]):
+            n = block_size(members[0])
             whole.append(members[:n])
-        rest += members[n:]
-    whole.sort(key=lambda g: -size[g[0]])
-    return [i for g in whole for i in g] + sorted(rest, key=lambda i: -size[i])
+            members = members[n:]
+        rest += members
+    whole.sort(key=lambda b: -size[b[0]])
+    rest.sort(key=lambda i: -size[i])
+    i = 0
+    while i < len(rest):
+        n = block_size(rest[i])
+        whole.append(rest[i:i + n])
+        i += n
+    return whole
+
+
+def alike_order(rows: list[list[int]], min_shared: int | None, block: int, lengths: list[int] | None = None
+                ) -> list[int]:
+    """prefix_blocks' order for callers that send rows in chunks of `block` (lm-eval)."""
+    return [i for b in prefix_blocks(rows, min_shared, lambda _: block, lengths) for i in b]

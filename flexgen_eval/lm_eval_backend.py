@@ -265,7 +265,7 @@ class FlexGenLM(TemplateLM):
         # contexts that start alike (few-shot examples) in chunks of their own, which share them
         items = list(groups.items())
         sizes = [len(ctx) + sum(len(c) for c in conts) for ctx, conts in items]
-        order = [items[i] for i in alike_order([list(ctx) for ctx in groups], self._min_shared(), sizes, self.chunk_rows)]
+        order = [items[i] for i in alike_order([list(ctx) for ctx in groups], self._min_shared(), self.chunk_rows, sizes)]
         shared = hasattr(self.llm, "score_choices")
         for start in range(0, len(order), self.chunk_rows):
             chunk = order[start:start + self.chunk_rows]
@@ -307,7 +307,7 @@ class FlexGenLM(TemplateLM):
             prompts = {i: self.tok_encode(requests[i].args[0], left_truncate_len=self.max_length - max_gen_toks)
                        for i in indices}
             order = [indices[j] for j in alike_order([prompts[i] for i in indices], self._min_shared(),
-                                                     block=self.chunk_rows)]
+                                                     self.chunk_rows)]
             for start in range(0, len(order), self.chunk_rows):
                 chunk = order[start:start + self.chunk_rows]
                 outs = self.llm.generate([prompts[i] for i in chunk], params)

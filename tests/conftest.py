@@ -23,6 +23,22 @@ def _llm_defaults_to_the_test_device():
         yield
 
 
+@pytest.fixture
+def prefix_passes(monkeypatch) -> list[int]:
+    """The prefix length of every shared-prefix pass the scheduler runs (one per layer per block)."""
+    from flexgen_core.scheduler import Scheduler
+
+    passes = []
+    original = Scheduler._prefix_layer
+
+    def spy(self, job, *args):
+        passes.append(job.prefix_len)
+        return original(self, job, *args)
+
+    monkeypatch.setattr(Scheduler, "_prefix_layer", spy)
+    return passes
+
+
 def data_dir() -> str:
     """FLEXGEN_DATA_DIR, or skip with the reason."""
     path = os.environ.get("FLEXGEN_DATA_DIR")

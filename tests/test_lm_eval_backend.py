@@ -77,21 +77,15 @@ def test_loglikelihood_matches_hf(hf_lm, flexgen_lm):
         assert g_greedy == w_greedy
 
 
-def test_few_shot_contexts_share_their_examples(hf_lm, flexgen_lm, monkeypatch):
+def test_few_shot_contexts_share_their_examples(hf_lm, flexgen_lm, prefix_passes):
     """Contexts that start with the same examples go to the same blocks, which compute them once."""
-    from flexgen_core.scheduler import Scheduler
-
-    passes = []
-    original = Scheduler._prefix_layer
-    monkeypatch.setattr(Scheduler, "_prefix_layer", lambda self, job, *a: (passes.append(job.prefix_len),
-                                                                          original(self, job, *a)))
     shots = "Question: what is one plus one? Answer: two\n\nQuestion: what is two plus two? Answer: four\n\n"
     pairs = [(shots + f"Question: what is {n} plus two? Answer:", choice)
              for n in ("one", "three", "five", "seven", "nine", "ten") for choice in (" three", " eleven")]
     pairs += [("Once upon a time", " there"), ("The capital of France is", " Paris.")]
     want = hf_lm.loglikelihood(_instances("loglikelihood", pairs))
     got = flexgen_lm.loglikelihood(_instances("loglikelihood", pairs))
-    assert passes  # at least one block of 4 contexts computed the examples once
+    assert prefix_passes  # at least one block of 4 contexts computed the examples once
     for (w_lp, w_greedy), (g_lp, g_greedy) in zip(want, got, strict=True):
         assert g_lp == pytest.approx(w_lp, abs=TOL)
         assert g_greedy == w_greedy

@@ -2,7 +2,6 @@
 import pytest
 
 from flexgen_core import LLM, Policy, SamplingParams
-from flexgen_core.scheduler import Scheduler
 
 SHOTS = list(range(20, 60))  # 40 tokens every prompt starts with, like HELM's in-context examples
 PROMPTS = [SHOTS + [5, 6, 7], SHOTS + [9], SHOTS + [100, 101, 102, 103, 104], SHOTS + [7, 7], SHOTS[:30] + [3]]
@@ -18,19 +17,15 @@ PARAMS = SamplingParams(max_new_tokens=6, ignore_eos=True, logprobs=True)
 
 @pytest.mark.parametrize("model", ["tiny_llama_dir", "tiny_opt_dir"])
 @pytest.mark.parametrize("name", list(POLICIES))
-def test_shared_prefix_gives_the_same_outputs(model, name, request, tmp_path, monkeypatch):
+def test_shared_prefix_gives_the_same_outputs(model, name, request, tmp_path, prefix_passes):
     path = request.getfixturevalue(model)
-    passes = []
-    original = Scheduler._prefix_layer
-    monkeypatch.setattr(Scheduler, "_prefix_layer", lambda self, job, *a: (passes.append(job.prefix_len),
-                                                                          original(self, job, *a)))
     with LLM.from_pretrained(path, policy=POLICIES[name], offload_dir=str(tmp_path)) as llm:
         llm.share_prefixes = False
         per_row = llm.generate(PROMPTS, PARAMS)
-        assert not passes
+        assert not prefix_passes
         llm.share_prefixes = True
         shared = llm.generate(PROMPTS, PARAMS)
-    assert passes and set(passes) <= {30, len(SHOTS)}  # each block computed its common prefix once
+    assert prefix_passes and set(prefix_passes) <= {30, len(SHOTS)}  # each block computed its common prefix once
     for a, b in zip(per_row, shared):
         assert a.outputs[0].token_ids == b.outputs[0].token_ids
         assert a.outputs[0].logprobs == pytest.approx(b.outputs[0].logprobs, abs=1e-4)
@@ -38,13 +33,9 @@ def test_shared_prefix_gives_the_same_outputs(model, name, request, tmp_path, mo
 
 @pytest.mark.parametrize("model", ["tiny_llama_dir", "tiny_opt_dir"])
 @pytest.mark.parametrize("name", list(POLICIES))
-def test_scoring_shares_block_prefixes(model, name, request, tmp_path, monkeypatch):
+def test_scoring_shares_block_prefixes(model, name, request, tmp_path, prefix_passes):
     """lm-eval's few-shot multiple choice: questions after the same examples, several answers each."""
     path = request.getfixturevalue(model)
-    passes = []
-    original = Scheduler._prefix_layer
-    monkeypatch.setattr(Scheduler, "_prefix_layer", lambda self, job, *a: (passes.append(job.prefix_len),
-                                                                          original(self, job, *a)))
     other = list(range(200, 230))  # a second "subject": its own examples
     contexts = [SHOTS + [5, 6, 7], other + [8, 9], SHOTS + [9], other + [3], SHOTS + [100, 101, 102, 103, 104],
                 SHOTS[:30] + [3], [4, 5, 6]] + [SHOTS + [70 + i] * (i % 3 + 1) for i in range(8)] + \
@@ -54,10 +45,10 @@ def test_scoring_shares_block_prefixes(model, name, request, tmp_path, monkeypat
     with LLM.from_pretrained(path, policy=POLICIES[name], offload_dir=str(tmp_path)) as llm:
         llm.share_prefixes = False
         alone_choices, alone_pairs = llm.score_choices(groups), llm.score(pairs)
-        assert not passes
+        assert not prefix_passes
         llm.share_prefixes = True
         shared_choices, shared_pairs = llm.score_choices(groups), llm.score(pairs)
-    assert passes and set(passes) <= {30, len(SHOTS), len(other)} and len(other) in passes
+    assert prefix_passes and set(prefix_passes) <= {30, len(SHOTS), len(other)} and len(other) in prefix_passes
     for a, b in zip(sum(alone_choices, []) + alone_pairs, sum(shared_choices, []) + shared_pairs):
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
         assert a.is_greedy == b.is_greedy
@@ -68,12 +59,12 @@ def test_blocks_keep_alike_rows_together(tiny_llama_dir, tmp_path):
 
     a, b = list(range(100, 120)), list(range(200, 220))
     rows = [a + [1], b + [1, 2, 3], a + [1, 2], [7] * 30, b + [4], a + [5, 6, 7, 8]]
-    assert alike_order(rows, 16) == [5, 2, 0, 1, 4, 3]  # groups first, by their longest row; longest first within
-    assert alike_order(rows, None) == [3, 5, 1, 2, 0, 4]  # no sharing: longest first
-    assert alike_order(rows, None, [1, 2, 3, 4, 5, 6]) == [5, 4, 3, 2, 1, 0]  # by what each row costs
+    assert alike_order(rows, 16, 3) == [5, 2, 0, 3, 1, 4]  # a's group is one chunk; b's is too small: longest first
+    assert alike_order(rows, None, 2) == [3, 5, 1, 2, 0, 4]  # no sharing: longest first
+    assert alike_order(rows, None, 2, [1, 2, 3, 4, 5, 6]) == [5, 4, 3, 2, 1, 0]  # by what each row costs
     # in chunks of 2: a's group gives one chunk, b's another; a's third row joins the rest by length
-    assert alike_order(rows, 16, block=2) == [5, 2, 1, 4, 3, 0]
-    assert alike_order(rows, 16, block=4) == [3, 5, 1, 2, 0, 4]  # no group fills a chunk: longest first
+    assert alike_order(rows, 16, 2) == [5, 2, 1, 4, 3, 0]
+    assert alike_order(rows, 16, 4) == [3, 5, 1, 2, 0, 4]  # no group fills a chunk: longest first
     with LLM.from_pretrained(tiny_llama_dir, policy=Policy(gpu_batch_size=2), offload_dir=str(tmp_path)) as llm:
         # a's and b's groups fill blocks; a's last row joins the others: as many blocks as without sharing
         assert [block for block, _ in llm._blocks(rows, 1)] == [[5, 2], [1, 4], [3, 0]]
