@@ -81,6 +81,26 @@ def decode_attention_rows(q_rows, k_rows, v_rows, key_valid_rows) -> torch.Tenso
     return torch.matmul(probs, v_rows)
 
 
+CPU_ATTENTION_CHUNK_BYTES = 8 << 20  # fp32 keys per chunk: converted and used while still in the CPU's cache
+
+
+def cpu_decode_attention_rows(q_rows, k_rows, v_rows, key_valid_rows) -> torch.Tensor:
+    """decode_attention_rows over rows in CPU memory, computed in fp32 a chunk of rows at a time.
+    CPU matmuls in fp16 / bf16 run several times slower than in fp32 (and copy strided operands
+    first), and converting the whole cache at once would triple its memory traffic; a chunk is
+    converted while it sits in cache. fp32 rows take the plain path."""
+    if k_rows.dtype == torch.float32:
+        return decode_attention_rows(q_rows, k_rows, v_rows, key_valid_rows)
+    r, length, d = k_rows.shape
+    step = max(1, CPU_ATTENTION_CHUNK_BYTES // (length * d * 4))
+    q32 = q_rows.float()
+    out = torch.empty(q_rows.shape, dtype=torch.float32)
+    for s in range(0, r, step):
+        e = min(r, s + step)
+        out[s:e] = decode_attention_rows(q32[s:e], k_rows[s:e].float(), v_rows[s:e].float(), key_valid_rows[s:e])
+    return out.to(q_rows.dtype)
+
+
 def sparse_decode_attention_rows(q_rows, k_rows, key_valid_rows, sparsity: float, gather_values) -> torch.Tensor:
     """Top-k attention (the paper's sparse mode): each query head keeps the highest
     `sparsity` fraction of its row's real (unpadded) scores, and only the values at those

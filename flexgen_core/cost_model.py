@@ -197,7 +197,9 @@ class BlockModel:
         if kind != "head":
             out["d2h"] += off_device("a", act / hw.d2h_bw)
             out["disk"] += Lin.var("a_disk", scale=act / hw.disk_write_bw)
-        # compute
+        # compute; the host thread pays a fixed cost per layer call and GPU batch (a block of many
+        # small batches is launch-bound)
+        out["cpu"] += k * hw.layer_call_s
         if kind == "head":  # logits of the last position only
             out["device"] += k * self._gemm(self.numel[kind], 1, prefill)
         elif kind == "decoder":

@@ -44,6 +44,9 @@ class HardwareProfile:
     gemv_bw: float | None = None
     # fixed cost of one KV-cache read or write on the disk tier (a memory-mapped slice), seconds
     disk_cache_op_s: float = 0.0
+    # host time of one layer call for one GPU batch (Python, kernel launches, hand-offs), seconds:
+    # what a layer costs when its device work is negligible; 0 = not charged
+    layer_call_s: float = 0.0
     # informational: the unpinned link rates (the runtime pins what it streams)
     h2d_bw_pageable: float | None = None
     d2h_bw_pageable: float | None = None
@@ -57,8 +60,9 @@ class HardwareProfile:
             v = getattr(self, f.name)
             if f.name.endswith(("_bw", "_flops", "_pageable")) and v is not None and not v > 0:
                 raise ValueError(f"HardwareProfile.{f.name} must be positive, got {v!r}")
-        if not self.disk_cache_op_s >= 0:
-            raise ValueError(f"HardwareProfile.disk_cache_op_s must be >= 0, got {self.disk_cache_op_s!r}")
+        for name in ("disk_cache_op_s", "layer_call_s"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"HardwareProfile.{name} must be >= 0, got {getattr(self, name)!r}")
         object.__setattr__(self, "memory", {k: parse_size(v) for k, v in dict(self.memory).items()})
 
     def to_dict(self) -> dict:
@@ -99,6 +103,7 @@ class HardwareProfile:
             ("device BMM prefill / decode", f"{tfl(self.bmm_flops_prefill)} / {tfl(self.bmm_flops_decode)}"),
             ("CPU GEMM / attention", f"{tfl(self.cpu_gemm_flops)} / {tfl(self.cpu_attn_flops)}"),
             ("CPU memory", gbs(self.cpu_mem_bw)),
+            ("host time per layer call", f"{self.layer_call_s * 1e3:.3f} ms"),
         ]
         width = max(len(k) for k, _ in rows)
         lines = [f"hardware profile {self.name!r} ({self.source})"]
@@ -233,6 +238,8 @@ def measure_profile(offload_dir: str, device: str | None = None, *, link_bytes: 
         gemv_bw=_gemv_bw(dev, dtype, 8192 if device == "cuda" else 4096, timeit),
     )
     disk["disk_cache_op_s"] = _disk_cache_op_s(offload_dir)
+    if device == "cuda":
+        rates["layer_call_s"] = _layer_call_s(device, offload_dir)
     cpu = torch.device("cpu")
     cpu_time = lambda fn: _mean_time(fn, lambda: None, min_time)  # noqa: E731
     if device == "cpu":
@@ -280,7 +287,7 @@ def _measure_links(dev, nbytes: int, timeit) -> dict:
     return dict(
         h2d_bw=rate(on_dev, pinned), h2d_bw_pageable=rate(on_dev, pageable),
         d2h_bw=rate(pinned, on_dev), d2h_bw_pageable=rate(pageable, on_dev),
-        d2h_cache_bw=_strided_bw(on_dev.view(torch.float16), pinned.view(torch.float16), timeit),
+        d2h_cache_bw=_staged_strided_bw(on_dev.view(torch.float16), pinned.view(torch.float16), timeit),
     )
 
 
@@ -290,6 +297,16 @@ def _strided_bw(src, dst, timeit) -> float:
     a, b = src[:rows * 128 * 64].view(rows, 128, 64), dst[:rows * 128 * 64].view(rows, 128, 64)
     part = a[:, :64]
     return part.numel() * part.element_size() / timeit(lambda: b[:, :64].copy_(part, non_blocking=True))
+
+
+def _staged_strided_bw(src, dst, timeit) -> float:
+    """The same cache write from a GPU, done as the runtime does it (tiers.staged_to_host)."""
+    from .tiers import staged_to_host
+
+    rows = src.numel() // (128 * 64)
+    part = src[:rows * 64 * 64].view(rows, 64, 64)
+    b = dst[:rows * 128 * 64].view(rows, 128, 64)
+    return part.numel() * part.element_size() / timeit(lambda: staged_to_host(b[:, :64], part))
 
 
 def _measure_disk(offload_dir: str, nbytes: int) -> tuple[str, dict]:
@@ -378,6 +395,32 @@ def _gemv_bw(dev, dtype, n: int, timeit, rows: int = 4) -> float:
     w = torch.randn(n, n, device=dev).to(dtype)
     x = torch.randn(rows, n, device=dev).to(dtype)
     return w.numel() * w.element_size() / timeit(lambda: torch.nn.functional.linear(x, w))
+
+
+def _layer_call_s(device: str, offload_dir: str, steps: int = 8) -> float:
+    """Host time per layer call of our own decode loop: OPT-125M (dummy weights, all on the
+    device) decoding one sequence, where the device work per layer is a few microseconds."""
+    import time
+
+    import torch
+
+    from .llm import LLM
+    from .sampling import SamplingParams
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    with LLM.from_pretrained("opt-125m", device=device, dtype="float16" if device == "cuda" else "float32",
+                             dummy_weights=True, offload_dir=offload_dir) as llm:
+        def run(n):
+            sync()
+            start = time.perf_counter()
+            llm.generate([[5, 6, 7, 8, 9, 10, 11, 12]], SamplingParams(max_new_tokens=n, ignore_eos=True))
+            sync()
+            return time.perf_counter() - start
+        run(2)
+        one = min(run(1) for _ in range(3))
+        many = min(run(steps + 1) for _ in range(3))
+        calls = len(llm.layers)  # embedding, decoder layers, head
+    return max(0.0, (many - one) / steps / calls)
 
 
 def _disk_cache_op_s(offload_dir: str, rows: int = 12, positions: int = 256, width: int = 64) -> float:

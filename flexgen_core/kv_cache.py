@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import decode_attention_rows, sparse_decode_attention_rows
+from .attention import cpu_decode_attention_rows, decode_attention_rows, sparse_decode_attention_rows
 from .compression import QuantConfig, dequantize, quantize
 from .tiers import TieredRows, TierSet
 
@@ -148,6 +148,8 @@ def decode_over_segments(q, new_k, new_v, segments: list[Segment], key_valid: to
         if cache.sparsity < 1.0:
             gather = lambda pos, seg=seg, sl=sl: cache.gather_values(j, k, seg, pos, t, v_seen[sl])  # noqa: E731
             result = sparse_decode_attention_rows(q_seg, seg.keys, valid, cache.sparsity, gather)
+        elif dev.type == "cpu":
+            result = cpu_decode_attention_rows(q_seg, seg.keys, seg.values, valid)
         else:
             result = decode_attention_rows(q_seg, seg.keys, seg.values, valid)
         out[sl] = result.to(q.device)

@@ -155,7 +155,10 @@ class LLM:
             return self.bucket_plans[key].policy
 
     def close(self):
+        """Stop the I/O threads, free the weights (device memory too, even while a caller still
+        holds this object) and remove the temporary files."""
         self.scheduler.close()
+        self.weights.free()
         self.tiers.close()
 
     def __enter__(self):

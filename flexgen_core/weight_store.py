@@ -94,7 +94,7 @@ class RowTable:
             storage = self.buffer.parts[0][3]
             rows = self.spec.numel // self.dim
             table = storage[self.offset:self.offset + rows * self.row_bytes].view(self.layout.dtype).view(rows, self.dim)
-            return torch.nn.functional.embedding(ids, table)
+            return torch.nn.functional.embedding(ids.to(table.device), table)
         unique, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
         raw = self.buffer.gather(self.offset, self.row_bytes, unique)
         if self.quantized:
@@ -120,7 +120,7 @@ class WeightStore:
             buffer = TieredRows(tiers, (layout.nbytes,), torch.uint8, self.percents, f"w-{layer.name}",
                                 disk_path=disk_path if counts[2] else None)
             if layout.nbytes and not (reusable and counts[0] + counts[1] == 0):
-                flat = layout.encode(source.layer_tensors(layout.specs))
+                flat = source.encoded(layout)
                 for tier, start, end, storage in buffer.parts:
                     if isinstance(storage, DiskArray):
                         if not reusable:
@@ -134,6 +134,7 @@ class WeightStore:
             self.buffers.append(buffer)
             if progress is not None:
                 progress.update(1)
+        source.forget_encoded()
         home = {entry[0].name: (j, entry) for j, layout in enumerate(self.layouts) for entry in layout.entries}
         self.tables = []  # per layer: {name: RowTable} of the tables it looks up
         for layer in layers:
@@ -171,6 +172,11 @@ class WeightStore:
     def nbytes(self) -> int:
         return sum(layout.nbytes for layout in self.layouts)
 
+    def free(self):
+        for buffer in self.buffers:
+            buffer.free()
+        self.tables = [{} for _ in self.buffers]
+
 
 def _marker(path: str) -> str:
     return path + ".ok"
@@ -201,9 +207,10 @@ def _mark_valid(path: str, nbytes: int):
 _DUMMY_BLOCK = 1_000_003  # prime, so tiling does not line rows up with each other
 
 
-@functools.lru_cache(maxsize=1)
-def _dummy_block() -> torch.Tensor:
-    return torch.randn(_DUMMY_BLOCK, generator=torch.Generator().manual_seed(0)).mul_(0.02)
+@functools.lru_cache(maxsize=4)
+def _dummy_block(dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    block = torch.randn(_DUMMY_BLOCK, generator=torch.Generator().manual_seed(0)).mul_(0.02)
+    return block.to(dtype)
 
 
 def dummy_normal(shape) -> torch.Tensor:
@@ -214,6 +221,16 @@ def dummy_normal(shape) -> torch.Tensor:
     return block.repeat(-(-n // _DUMMY_BLOCK))[:n].view(shape)
 
 
+def fill_dummy_(t: torch.Tensor) -> torch.Tensor:
+    """`t.copy_(dummy_normal(t.shape))` in place, in t's dtype, without the float32 copy (a model's
+    worth of float32 is 120 GB for OPT-30B)."""
+    block, flat = _dummy_block(t.dtype), t.view(-1)
+    for start in range(0, flat.numel(), _DUMMY_BLOCK):
+        piece = flat[start:start + _DUMMY_BLOCK]
+        piece.copy_(block[:piece.numel()])
+    return t
+
+
 class WeightSource:
     """Where layer weights come from: a checkpoint directory, or dummy values for benchmarks."""
 
@@ -221,6 +238,21 @@ class WeightSource:
         self.dummy = dummy
         self.reader = None if dummy else CheckpointReader(path)
         self.identity = identity or (path or "")
+        self._encoded: dict[tuple, torch.Tensor] = {}
+
+    def encoded(self, layout: LayerLayout) -> torch.Tensor:
+        """A layer's byte buffer. Dummy values depend only on each tensor's shape (dummy_normal), so
+        layers of one layout have the same bytes: encoded once, not 48 times for OPT-30B."""
+        if not self.dummy:
+            return layout.encode(self.layer_tensors(layout.specs))
+        key = (str(layout.dtype), layout.quant, len(layout.streamed),
+               tuple((s.shape, s.init) for s in layout.specs))
+        if key not in self._encoded:
+            self._encoded[key] = layout.encode(self.layer_tensors(layout.specs))
+        return self._encoded[key]
+
+    def forget_encoded(self):
+        self._encoded = {}
 
     def cache_key(self, dtype: torch.dtype, percents, quant=None) -> str:
         stamp = {"layout": 2, "id": self.identity, "dummy": "tiled" if self.dummy else False, "dtype": str(dtype),

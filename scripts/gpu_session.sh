@@ -6,8 +6,9 @@
 # 1. Installs the wheels carried in .whl/ (if any) into /tmp/site, never over the machine's torch.
 # 2. Runs the runtime's parity/invariance/compression tests with FLEXGEN_TEST_DEVICE=cuda (fp32 on the GPU
 #    against HF fp32 on the CPU) and records pytest's summary.
-# 3. Profiles a decode step (scripts/profile_decode.py: per-step time of several policies beside HF).
-# 4. Runs scripts/gpu_bench.sh (OPT-6.7B and OPT-30B, dummy fp16 weights, GPU capped to 16 GiB).
+# 3. Runs scripts/gpu_bench.sh (OPT-6.7B and OPT-30B, dummy fp16 weights, GPU capped to 16 GiB).
+# 4. With the time left (SESSION_LIMIT seconds in all, default 560), profiles decode steps of the
+#    policies that stream (scripts/profile_decode.py, OPT-1.3B).
 # Everything lands in one archive, OUT_DIR/gpu_session.tgz (the device tool returns at most 8 files),
 # plus OUT_DIR/gpu_session.log. Each step has its own time limit so the archive is always written.
 set -uo pipefail
@@ -36,13 +37,17 @@ nproc | sed 's/^/cpus /' | tee -a "$WORK/gpu.txt"; free -g | sed -n 2p | tee -a 
 echo "== GPU tests (FLEXGEN_TEST_DEVICE=cuda, fp32)"
 FLEXGEN_TEST_DEVICE=cuda timeout "${GPU_TEST_LIMIT:-120}" "$PYTHON" -m pytest -q -p no:cacheprovider \
   tests/test_parity.py tests/test_invariance.py tests/test_compression.py tests/test_prefix_sharing.py \
-  tests/test_sampling.py tests/test_tiers.py 2>&1 | tee "$WORK/gpu_tests.log" | tail -n 30
+  tests/test_sampling.py tests/test_tiers.py tests/test_shared_prefix.py tests/test_weight_store.py \
+  tests/test_attention.py 2>&1 | tee "$WORK/gpu_tests.log" | tail -n 30
 echo "gpu tests exit ${PIPESTATUS[0]}"
-
-echo "== where a decode step's time goes (OPT-1.3B, batch 4, fp16)"
-timeout "${PROFILE_LIMIT:-150}" "$PYTHON" scripts/profile_decode.py --model opt-1.3b --device cuda --out "$WORK" \
-  || echo "profile_decode exit $?"
 
 echo "== GPU benchmark"
 bash scripts/gpu_bench.sh --out "$WORK" --wheel .whl/flexgen-0.1.8-py3-none-any.whl
+
+left=$(( ${SESSION_LIMIT:-560} - SECONDS ))
+if [ "$left" -gt 30 ]; then
+  echo "== decode steps of streaming policies (OPT-1.3B, fp16), ${left} s left"
+  timeout "$left" "$PYTHON" scripts/profile_decode.py --model opt-1.3b --device cuda --no-hf \
+    --variants resident,weights50,cache94-cpu-attention,cpu-cache-b32 --out "$WORK" || echo "profile_decode exit $?"
+fi
 date -u +"end %Y-%m-%d %H:%M:%S UTC"

@@ -31,3 +31,14 @@ def test_a_lookup_reads_only_the_rows_it_needs(tiny_llama_dir, tmp_path):
         with LLM.from_pretrained(tiny_llama_dir, policy=Policy(), offload_dir=str(tmp_path / "ref")) as ref:
             table = ref.weights.load(0)["model.embed_tokens.weight"]
             assert torch.equal(rows, table.lookup(torch.tensor([[5, 9, 5]])))
+
+
+def test_close_frees_the_weights_while_the_model_is_still_referenced(tiny_llama_dir, tmp_path):
+    """A benchmark that loads one system after another keeps its last handle around; closing must
+    give the weights' memory back anyway."""
+    llm = LLM.from_pretrained(tiny_llama_dir, policy=Policy(weights=(50, 50, 0)), offload_dir=str(tmp_path))
+    resident = llm.memory_stats()["resident"]
+    assert resident["gpu"] > 0 and resident["cpu"] > 0
+    llm.close()
+    assert llm.memory_stats()["resident"] == {"gpu": 0, "cpu": 0, "disk": 0}
+    assert all(not buffer.parts for buffer in llm.weights.buffers)

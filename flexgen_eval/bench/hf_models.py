@@ -64,12 +64,12 @@ def dummy_model_in_memory(spec: ModelSpec, dtype: torch.dtype):
 
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(hf_config(spec, None), dtype=dtype)
-    from flexgen_core.weight_store import dummy_normal
+    from flexgen_core.weight_store import fill_dummy_
 
     model.to_empty(device="cpu")
     with torch.no_grad():
         for p in model.parameters():
-            p.copy_(dummy_normal(p.shape))  # the same fast tiled values as our own dummy weights
+            fill_dummy_(p)  # the same fast tiled values as our own dummy weights
     model.tie_weights()
     return model.eval()
 
