@@ -81,23 +81,33 @@ def decode_attention_rows(q_rows, k_rows, v_rows, key_valid_rows) -> torch.Tenso
     return torch.matmul(probs, v_rows)
 
 
-CPU_ATTENTION_CHUNK_BYTES = 8 << 20  # fp32 keys per chunk: converted and used while still in the CPU's cache
+CPU_ATTENTION_CHUNK_BYTES = 4 << 20  # fp32 keys per chunk: converted and used while still in the CPU's cache
 
 
 def cpu_decode_attention_rows(q_rows, k_rows, v_rows, key_valid_rows) -> torch.Tensor:
     """decode_attention_rows over rows in CPU memory, computed in fp32 a chunk of rows at a time.
     CPU matmuls in fp16 / bf16 run several times slower than in fp32 (and copy strided operands
-    first), and converting the whole cache at once would triple its memory traffic; a chunk is
-    converted while it sits in cache. fp32 rows take the plain path."""
+    first), and converting the whole cache at once would triple its memory traffic: each chunk is
+    converted into the same scratch buffers while it sits in cache (fresh buffers per chunk would
+    page-fault their way in at a few GB/s). fp32 rows take the plain path."""
     if k_rows.dtype == torch.float32:
         return decode_attention_rows(q_rows, k_rows, v_rows, key_valid_rows)
     r, length, d = k_rows.shape
-    step = max(1, CPU_ATTENTION_CHUNK_BYTES // (length * d * 4))
-    q32 = q_rows.float()
+    step = min(r, max(1, CPU_ATTENTION_CHUNK_BYTES // (length * d * 4)))
+    q32, invalid = q_rows.float(), ~key_valid_rows[:, None, :]
+    keys = torch.empty((step, length, d), dtype=torch.float32)
+    values = torch.empty((step, length, d), dtype=torch.float32)
+    scores = torch.empty((step, q_rows.shape[1], length), dtype=torch.float32)
     out = torch.empty(q_rows.shape, dtype=torch.float32)
+    scale, lowest = d ** -0.5, torch.finfo(torch.float32).min
     for s in range(0, r, step):
-        e = min(r, s + step)
-        out[s:e] = decode_attention_rows(q32[s:e], k_rows[s:e].float(), v_rows[s:e].float(), key_valid_rows[s:e])
+        n = min(step, r - s)
+        k32, v32, sc = keys[:n], values[:n], scores[:n]
+        k32.copy_(k_rows[s:s + n])
+        v32.copy_(v_rows[s:s + n])
+        torch.bmm(q32[s:s + n], k32.transpose(1, 2), out=sc)
+        sc.mul_(scale).masked_fill_(invalid[s:s + n], lowest)
+        torch.bmm(torch.softmax(sc, dim=-1), v32, out=out[s:s + n])
     return out.to(q_rows.dtype)
 
 

@@ -244,7 +244,7 @@ class BlockModel:
                                + 4 * k * hw.disk_cache_op_s)  # K and V: one read, one write per batch
         if self.shape.cpu_attention:  # CPU and disk rows are attended on the CPU; only q and out move
             out["device"] += Lin.var("c_gpu", scale=k * device_time)
-            cpu_time = max(flops / hw.cpu_attn_flops, read_dt / hw.cpu_mem_bw)
+            cpu_time = max(flops / hw.cpu_attn_flops, read_dt / (hw.cpu_attn_bw or hw.cpu_mem_bw))
             out["cpu"] += off_device("c", k * cpu_time)
             q_bytes = b * qk_dim * self.dt * k
             out["d2h"] += off_device("c", q_bytes / hw.d2h_bw)

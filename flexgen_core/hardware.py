@@ -44,6 +44,9 @@ class HardwareProfile:
     gemv_bw: float | None = None
     # fixed cost of one KV-cache read or write on the disk tier (a memory-mapped slice), seconds
     disk_cache_op_s: float = 0.0
+    # bytes of half-precision KV cache per second that the runtime's own CPU attention kernel
+    # (attention.cpu_decode_attention_rows) attends; None: cpu_mem_bw
+    cpu_attn_bw: float | None = None
     # host time of one layer call for one GPU batch (Python, kernel launches, hand-offs), seconds:
     # what a layer costs when its device work is negligible; 0 = not charged
     layer_call_s: float = 0.0
@@ -103,6 +106,7 @@ class HardwareProfile:
             ("device BMM prefill / decode", f"{tfl(self.bmm_flops_prefill)} / {tfl(self.bmm_flops_decode)}"),
             ("CPU GEMM / attention", f"{tfl(self.cpu_gemm_flops)} / {tfl(self.cpu_attn_flops)}"),
             ("CPU memory", gbs(self.cpu_mem_bw)),
+            ("CPU attention (cache bytes)", gbs(self.cpu_attn_bw) if self.cpu_attn_bw else "= CPU memory"),
             ("host time per layer call", f"{self.layer_call_s * 1e3:.3f} ms"),
         ]
         width = max(len(k) for k, _ in rows)
@@ -240,6 +244,7 @@ def measure_profile(offload_dir: str, device: str | None = None, *, link_bytes: 
     disk["disk_cache_op_s"] = _disk_cache_op_s(offload_dir)
     if device == "cuda":
         rates["layer_call_s"] = _layer_call_s(device, offload_dir)
+        rates["cpu_attn_bw"] = _cpu_attention_bw(torch.float16, cpu_time)
     cpu = torch.device("cpu")
     cpu_time = lambda fn: _mean_time(fn, lambda: None, min_time)  # noqa: E731
     if device == "cpu":
@@ -395,6 +400,23 @@ def _gemv_bw(dev, dtype, n: int, timeit, rows: int = 4) -> float:
     w = torch.randn(n, n, device=dev).to(dtype)
     x = torch.randn(rows, n, device=dev).to(dtype)
     return w.numel() * w.element_size() / timeit(lambda: torch.nn.functional.linear(x, w))
+
+
+def _cpu_attention_bw(dtype, timeit, rows: int = 512, length: int = 512, d: int = 128) -> float:
+    """Cache bytes per second through the CPU attention kernel the runtime runs, on cache-shaped
+    data (strided views of rows with room for more positions). Its rate can be far below the memory
+    bandwidth: on the H200 host OPT-30B's decode attended ~3.5 GB/s where a fp32 matmul test ran at
+    87 GFLOP/s."""
+    import torch
+
+    from .attention import cpu_decode_attention_rows
+
+    gen = torch.Generator().manual_seed(0)
+    k, v = (torch.randn(rows, length + 32, d, generator=gen).to(dtype)[:, :length] for _ in range(2))
+    q = torch.randn(rows, 1, d, generator=gen).to(dtype)
+    valid = torch.ones(rows, length, dtype=torch.bool)
+    nbytes = 2 * rows * length * d * k.element_size()
+    return nbytes / timeit(lambda: cpu_decode_attention_rows(q, k, v, valid))
 
 
 def _layer_call_s(device: str, offload_dir: str, steps: int = 8) -> float:

@@ -146,3 +146,25 @@ def test_block_model_memory_terms_are_what_estimate_reports():
     x = fractions(PAPER_30B)
     peak = {t: max(lin.value(x) for lin in lins) for t, lins in model.memory_terms(False).items()}
     assert peak == pytest.approx(model.evaluate(PAPER_30B).peak_memory)
+
+
+def test_cpu_attention_is_charged_at_the_kernels_measured_rate():
+    """A measured CPU attention rate (cache bytes per second through the runtime's own kernel) below
+    the memory bandwidth makes CPU-attention decode slower by that much; without one, memory
+    bandwidth bounds it as before. Per-layer-call host time is charged per GPU batch."""
+    from dataclasses import replace
+
+    base = estimate(OPT30, PAPER_30B, 512, 32, T4)
+    slow = estimate(OPT30, PAPER_30B, 512, 32, replace(T4, cpu_attn_bw=T4.cpu_mem_bw / 10))
+    assert slow.decode_time > 2 * base.decode_time
+    assert slow.prefill_time == pytest.approx(base.prefill_time)
+    gpu_attention = PAPER_30B.with_(cpu_attention=False)
+    assert estimate(OPT30, gpu_attention, 512, 32, replace(T4, cpu_attn_bw=T4.cpu_mem_bw / 10)).decode_time \
+        == pytest.approx(estimate(OPT30, gpu_attention, 512, 32, T4).decode_time)
+
+    # with overlap off every resource's time adds up, so the host's share shows whole
+    many_small = Policy(weights=(100, 0, 0), cache=(100, 0, 0), gpu_batch_size=1, num_gpu_batches=8, overlap=False)
+    calls = replace(T4, layer_call_s=1e-3)
+    extra = estimate(OPT30, many_small, 512, 32, calls).total_time - estimate(OPT30, many_small, 512, 32, T4).total_time
+    layer_calls = 32 * 50 * 8  # (1 prefill + 31 decode steps) x (embedding, 48 decoders, head) x 8 batches
+    assert extra == pytest.approx(layer_calls * 1e-3)

@@ -14,7 +14,8 @@ def test_presets_exist_state_a_source_and_are_positive(name):
     assert hw.name == name and len(hw.source) > 20
     for f in fields(hw):
         v = getattr(hw, f.name)
-        if f.name.endswith(("_bw", "_flops")) and not (f.name == "gemv_bw" and v is None):  # None: device_mem_bw
+        # None: gemv_bw falls back to device_mem_bw, cpu_attn_bw to cpu_mem_bw
+        if f.name.endswith(("_bw", "_flops")) and not (f.name in ("gemv_bw", "cpu_attn_bw") and v is None):
             assert v > 0, f.name
     assert hw.device == ("cpu" if name == "cpu" else "cuda")
 
@@ -60,9 +61,11 @@ def test_measure_profile_on_cpu_is_complete_and_cleans_up(tmp_path):
     assert hw.device == "cpu" and hw.name == "here"
     for f in fields(hw):
         v = getattr(hw, f.name)
-        if f.name.endswith(("_bw", "_flops")):
+        if f.name.endswith(("_bw", "_flops")) and f.name != "cpu_attn_bw":
             assert v > 0, f.name
     assert hw.disk_cache_op_s > 0
+    # a CPU device has no separate CPU attention, and its layer calls are part of its measured rates
+    assert hw.cpu_attn_bw is None and hw.layer_call_s == 0
     assert "O_DIRECT" in hw.source or "fadvise" in hw.source
     assert os.listdir(tmp_path) == []  # the scratch file is gone
     hw.save(str(tmp_path / "measured.json"))
@@ -104,3 +107,15 @@ def test_profile_memory_defaults_are_parsed():
     assert PRESETS["t4"].memory["gpu"] == 15 * GiB
     hw = HardwareProfile.from_dict({**PRESETS["cpu"].to_dict(), "memory": {"gpu": "2GiB", "cpu": "8GB"}})
     assert hw.memory == {"gpu": 2 * GiB, "cpu": 8 * 10**9}
+
+
+def test_gpu_only_measurements_run_the_runtimes_own_code(tmp_path):
+    """What a CUDA profile adds (timed here on the CPU): the CPU attention kernel's rate on
+    half-precision cache rows, and the host time per layer call of a real decode."""
+    import torch
+
+    from flexgen_core.hardware import _cpu_attention_bw, _layer_call_s, _mean_time
+
+    timeit = lambda fn: _mean_time(fn, lambda: None, 0.01)  # noqa: E731
+    assert _cpu_attention_bw(torch.float16, timeit, rows=16, length=32, d=16) > 0
+    assert _layer_call_s("cpu", str(tmp_path), steps=2) > 0
