@@ -258,3 +258,15 @@ def test_page_cache_hooks_sit_on_modules_that_run():
         module.register_forward_hook(lambda *_: fired.append(1))
     model(torch.zeros(1, 2))
     assert len(fired) == 2
+
+
+def test_report_judges_each_device_by_its_own_targets():
+    """Issue 8: on a CPU ours >= 1.5x accelerate and >= 1x HF generate; on a GPU (OPT-30B at a 16 GiB
+    cap) >= 20x accelerate and >= 1.5x FlexGen 0.1.8, and no target for other GPU models."""
+    from flexgen_eval.bench.report import target_for
+
+    cpu = {"device": "cpu", "model": "opt-1.3b"}
+    gpu = {"device": "cuda", "model": "opt-30b"}
+    assert (target_for("accelerate", cpu), target_for("hf", cpu)) == (1.5, 1.0)
+    assert (target_for("accelerate", gpu), target_for("flexgen-0.1.8", gpu)) == (20.0, 1.5)
+    assert target_for("accelerate", {"device": "cuda", "model": "opt-6.7b"}) is None
