@@ -81,7 +81,9 @@ def decode_attention_rows(q_rows, k_rows, v_rows, key_valid_rows) -> torch.Tenso
     return torch.matmul(probs, v_rows)
 
 
-CPU_ATTENTION_CHUNK_BYTES = 4 << 20  # fp32 keys per chunk: converted and used while still in the CPU's cache
+# fp32 keys per chunk and per intra-op thread: a chunk is converted and used while it is still in the
+# cores' caches; more threads take a larger chunk, so each op (with its thread wake-up) does more work
+CPU_ATTENTION_CHUNK_BYTES_PER_THREAD = 2 << 20
 
 
 def cpu_decode_attention_rows(q_rows, k_rows, v_rows, key_valid_rows) -> torch.Tensor:
@@ -93,7 +95,8 @@ def cpu_decode_attention_rows(q_rows, k_rows, v_rows, key_valid_rows) -> torch.T
     if k_rows.dtype == torch.float32:
         return decode_attention_rows(q_rows, k_rows, v_rows, key_valid_rows)
     r, length, d = k_rows.shape
-    step = min(r, max(1, CPU_ATTENTION_CHUNK_BYTES // (length * d * 4)))
+    chunk_bytes = CPU_ATTENTION_CHUNK_BYTES_PER_THREAD * torch.get_num_threads()
+    step = min(r, max(1, chunk_bytes // (length * d * 4)))
     q32, invalid = q_rows.float(), ~key_valid_rows[:, None, :]
     keys = torch.empty((step, length, d), dtype=torch.float32)
     values = torch.empty((step, length, d), dtype=torch.float32)

@@ -12,7 +12,8 @@ def test_cpu_attention_computes_half_rows_in_fp32_chunks(dtype, monkeypatch):
     3 rows per chunk, the last chunk short), and give what fp32 attention over the same values gives."""
     gen = torch.Generator().manual_seed(0)
     rows, length, d, groups = 10, 7, 16, 2
-    monkeypatch.setattr(attention, "CPU_ATTENTION_CHUNK_BYTES", 3 * length * d * 4)
+    monkeypatch.setattr(attention, "CPU_ATTENTION_CHUNK_BYTES_PER_THREAD", 3 * length * d * 4)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     cache_k = torch.randn(rows, length + 5, d, generator=gen).to(dtype)  # a cache row holds more positions
     cache_v = torch.randn(rows, length + 5, d, generator=gen).to(dtype)
     k, v = cache_k[:, :length], cache_v[:, :length]  # strided views, as the cache hands them out
