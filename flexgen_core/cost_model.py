@@ -255,11 +255,16 @@ class BlockModel:
         return out
 
     def merged(self, busy: dict) -> dict:
-        """Without a GPU, compute and memcpy 'transfers' share the CPU: one resource."""
-        if self.hw.device != "cpu":
-            return busy
-        cpu = busy["device"] + busy["cpu"] + busy["h2d"] + busy["d2h"]
-        return {"cpu": cpu, "disk": busy["disk"]}
+        """Resources that cannot overlap, as one. Without a GPU, compute and memcpy 'transfers'
+        share the CPU. With CPU attention, each batch's device work waits for its attention on the
+        host thread and that thread waits for the device's queries (a synchronous copy), so the
+        device's time includes the host's (the copies still overlap with both)."""
+        if self.hw.device == "cpu":
+            cpu = busy["device"] + busy["cpu"] + busy["h2d"] + busy["d2h"]
+            return {"cpu": cpu, "disk": busy["disk"]}
+        if self.shape.cpu_attention:
+            return {**busy, "device": busy["device"] + busy["cpu"]}
+        return busy
 
     def time_terms(self) -> list[tuple[str, float, dict]]:
         """(phase, multiplicity, {resource: Lin seconds}) for each distinct layer step."""

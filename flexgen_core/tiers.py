@@ -42,6 +42,18 @@ def split_rows(rows: int, percents) -> list[int]:
     return [first, second - first, rows - second]
 
 
+WHOLE_ROWS_MAX_RATIO = 4  # move whole rows for a prefix read unless that moves > 4x the bytes asked for
+
+
+def _row_prefix_worth_whole_rows(index, storage) -> bool:
+    if not isinstance(index, slice) or index.start not in (None, 0) or index.step not in (None, 1):
+        return False
+    if not storage.is_contiguous() or storage.dim() < 2:
+        return False
+    wanted = len(range(*index.indices(storage.shape[1])))
+    return 0 < wanted < storage.shape[1] <= WHOLE_ROWS_MAX_RATIO * wanted
+
+
 def staged_to_host(dst: torch.Tensor, src: torch.Tensor):
     """dst (host, strided: some positions of every cache row) <- src (CUDA). torch copies a strided
     device<->host pair through a pageable buffer (~1.4 GB/s on an H200 host); a contiguous copy into
@@ -241,6 +253,12 @@ class TieredRows:
         """One part, delivered to the compute device (to="gpu") or to host memory (to="cpu").
         Memory-resident parts already where they are wanted come back as views, not copies."""
         tier, start, end, storage = self.parts[i]
+        if tier == "cpu" and to == "gpu" and self.tiers.on_cuda and _row_prefix_worth_whole_rows(index, storage):
+            # the first positions of every row (decode reading the cache): DMA the whole pinned rows,
+            # one contiguous copy at link speed, and slice on the device; gathering the prefix on the
+            # CPU first costs a host memcpy of it, slower than the link
+            self.tiers.moved(tier, read=self._bytes(end - start, None))
+            return storage.to(self.tiers.device, non_blocking=True)[:, index]
         self.tiers.moved(tier, read=self._bytes(end - start, index))
         if tier == "disk":
             if index is None:

@@ -97,3 +97,17 @@ def test_strided_device_to_host_writes_go_through_pinned_staging():
     expected = torch.zeros(6, 10, 4, dtype=torch.float16)
     expected[:, 2:5] = src.cpu()
     assert torch.equal(host, expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_prefix_reads_of_host_rows_reach_the_gpu_whole_or_gathered(tmp_path):
+    """The first positions of every host row, read to the GPU: whole rows are moved when they are at
+    most 4x the prefix, the prefix is gathered otherwise; the values are the same either way."""
+    tiers = TierSet(torch.device("cuda"), str(tmp_path))
+    buf = TieredRows(tiers, (6, 10, 4), torch.float16, (0, 100, 0), "k")
+    value = torch.randn(6, 10, 4).half()
+    buf.write(value.cuda())
+    for t in (2, 5, 10):  # gathered (10 > 4 x 2), whole rows, everything
+        got = buf.read_part(0, slice(0, t), to="gpu")
+        assert got.is_cuda and torch.equal(got.cpu(), value[:, :t])
+    tiers.close()
