@@ -48,6 +48,7 @@ left=$(( ${SESSION_LIMIT:-560} - SECONDS ))
 if [ "$left" -gt 30 ]; then
   echo "== decode steps of streaming policies (OPT-1.3B, fp16), ${left} s left"
   timeout "$left" "$PYTHON" scripts/profile_decode.py --model opt-1.3b --device cuda --no-hf \
-    --variants resident,weights50,cache94-cpu-attention,cpu-cache-b32 --out "$WORK" || echo "profile_decode exit $?"
+    --variants resident,weights50,cache94-cpu-attention,cpu-cache-b32 --trace weights50 --out "$WORK" \
+    || echo "profile_decode exit $?"
 fi
 date -u +"end %Y-%m-%d %H:%M:%S UTC"

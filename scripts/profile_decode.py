@@ -3,7 +3,7 @@ torch.profiler table of one short run per policy. Made for a GPU session (the fi
 ~4 ms of overhead per layer per decode step); it runs on the CPU too.
 
     python scripts/profile_decode.py [--model opt-1.3b] [--device cuda] [--batch 4] [--prompt-len 512]
-        [--steps 8] [--out DIR] [--variants NAME,...] [--cap-gib 16] [--no-hf]
+        [--steps 8] [--out DIR] [--variants NAME,...] [--cap-gib 16] [--no-hf] [--trace NAME]
 
 Writes DIR/profile_decode.json (step times) and DIR/profile_decode.txt (profiler tables).
 """
@@ -33,6 +33,17 @@ def variants():
     }
 
 
+def write_trace(prof, path: str):
+    import gzip
+    import tempfile
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
+        prof.export_chrome_trace(tmp.name)
+        with open(tmp.name, "rb") as src, gzip.open(path, "wb") as dst:
+            dst.write(src.read())
+
+
 def allocator_counts(cuda: bool) -> dict:
     """Caching-allocator events so far: retries and cudaMalloc/cudaFree calls mean it ran at its
     limit (each retry frees the cache and synchronizes the device)."""
@@ -56,6 +67,8 @@ def main(argv=None):
     ap.add_argument("--cap-gib", type=float, default=0,
                     help="cap the GPU to this many GiB (set_per_process_memory_fraction), as the benchmark does")
     ap.add_argument("--no-hf", action="store_true", help="skip HF generate")
+    ap.add_argument("--trace", default="", help="variant whose profile is also written as a gzipped Chrome trace "
+                                                "(DIR/trace_VARIANT.json.gz: streams, copies and the host threads)")
     args = ap.parse_args(argv)
 
     import torch
@@ -122,6 +135,8 @@ def main(argv=None):
             with profile(activities=activities) as prof:
                 run(args.steps + 1)  # mostly decode steps
                 sync()
+            if name == args.trace:
+                write_trace(prof, os.path.join(args.out, f"trace_{name}.json.gz"))
             key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
             tables.append(f"== {name}: sorted by {key}\n" + prof.key_averages().table(sort_by=key, row_limit=20))
             if cuda:
