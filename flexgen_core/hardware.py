@@ -242,11 +242,11 @@ def measure_profile(offload_dir: str, device: str | None = None, *, link_bytes: 
         gemv_bw=_gemv_bw(dev, dtype, 8192 if device == "cuda" else 4096, timeit),
     )
     disk["disk_cache_op_s"] = _disk_cache_op_s(offload_dir)
+    cpu = torch.device("cpu")
+    cpu_time = lambda fn: _mean_time(fn, lambda: None, min_time)  # noqa: E731
     if device == "cuda":
         rates["layer_call_s"] = _layer_call_s(device, offload_dir)
         rates["cpu_attn_bw"] = _cpu_attention_bw(torch.float16, cpu_time)
-    cpu = torch.device("cpu")
-    cpu_time = lambda fn: _mean_time(fn, lambda: None, min_time)  # noqa: E731
     if device == "cpu":
         host = dict(cpu_gemm_flops=rates["gemm_flops_prefill"], cpu_attn_flops=rates["bmm_flops_decode"],
                     cpu_mem_bw=rates["device_mem_bw"])

@@ -4,6 +4,7 @@ import os
 from dataclasses import fields
 
 import pytest
+import torch
 
 from flexgen_core.hardware import GiB, PRESETS, HardwareProfile, load_profile, measure_profile
 
@@ -70,6 +71,16 @@ def test_measure_profile_on_cpu_is_complete_and_cleans_up(tmp_path):
     assert os.listdir(tmp_path) == []  # the scratch file is gone
     hw.save(str(tmp_path / "measured.json"))
     assert load_profile(str(tmp_path / "measured.json")) == hw
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_measure_profile_on_cuda_adds_the_host_side_rates(tmp_path):
+    hw = measure_profile(str(tmp_path), "cuda", link_bytes=8 << 20, disk_bytes=8 << 20, min_time=0.01)
+    assert hw.device == "cuda" and hw.cpu_attn_bw > 0 and hw.layer_call_s > 0
+    for f in fields(hw):
+        v = getattr(hw, f.name)
+        if f.name.endswith(("_bw", "_flops")):
+            assert v > 0, f.name
 
 
 def test_measure_profile_refuses_unknown_device(tmp_path):
