@@ -28,14 +28,15 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 PYTHON="${PYTHON:-python3}"
-export PYTHON
+# limits that fit one 10-minute device call (the 2026-11-26 H200 run took 476 s with them)
+export PYTHON GPU_BENCH_LIMIT_SMALL="${GPU_BENCH_LIMIT_SMALL:-140}" GPU_BENCH_LIMIT_LARGE="${GPU_BENCH_LIMIT_LARGE:-290}"
 date -u +"start %Y-%m-%d %H:%M:%S UTC"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$WORK/gpu.txt"
 "$PYTHON" -c "import torch, transformers, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'accelerate', accelerate.__version__)" | tee -a "$WORK/gpu.txt"
 nproc | sed 's/^/cpus /' | tee -a "$WORK/gpu.txt"; free -g | sed -n 2p | tee -a "$WORK/gpu.txt"
 
 echo "== GPU tests (FLEXGEN_TEST_DEVICE=cuda, fp32)"
-FLEXGEN_TEST_DEVICE=cuda timeout "${GPU_TEST_LIMIT:-120}" "$PYTHON" -m pytest -q -p no:cacheprovider \
+FLEXGEN_TEST_DEVICE=cuda timeout "${GPU_TEST_LIMIT:-60}" "$PYTHON" -m pytest -q -p no:cacheprovider \
   tests/test_parity.py tests/test_invariance.py tests/test_compression.py tests/test_prefix_sharing.py \
   tests/test_sampling.py tests/test_tiers.py tests/test_shared_prefix.py tests/test_weight_store.py \
   tests/test_attention.py tests/test_hardware.py 2>&1 | tee "$WORK/gpu_tests.log" | tail -n 30
