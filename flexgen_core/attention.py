@@ -96,7 +96,7 @@ def cpu_decode_attention_rows(q_rows, k_rows, v_rows, key_valid_rows) -> torch.T
         return decode_attention_rows(q_rows, k_rows, v_rows, key_valid_rows)
     r, length, d = k_rows.shape
     chunk_bytes = CPU_ATTENTION_CHUNK_BYTES_PER_THREAD * torch.get_num_threads()
-    step = min(r, max(1, chunk_bytes // (length * d * 4)))
+    step = max(1, min(r, chunk_bytes // max(1, length * d * 4)))
     q32, invalid = q_rows.float(), ~key_valid_rows[:, None, :]
     keys = torch.empty((step, length, d), dtype=torch.float32)
     values = torch.empty((step, length, d), dtype=torch.float32)
