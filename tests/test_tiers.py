@@ -111,3 +111,16 @@ def test_prefix_reads_of_host_rows_reach_the_gpu_whole_or_gathered(tmp_path):
         got = buf.read_part(0, slice(0, t), to="gpu")
         assert got.is_cuda and torch.equal(got.cpu(), value[:, :t])
     tiers.close()
+
+
+def test_whole_rows_are_moved_only_for_a_prefix_worth_it():
+    """The rule behind reading host cache rows to a GPU: a prefix of positions [0, t) of contiguous
+    rows moves whole rows when they hold at most 4x the positions asked for."""
+    from flexgen_core.tiers import _row_prefix_worth_whole_rows as whole
+
+    rows = torch.empty(3, 10, 4)
+    assert whole(slice(0, 5), rows) and whole(slice(None, 3), rows)
+    assert not whole(slice(0, 2), rows)  # 10 positions for 2: gather them
+    assert not whole(slice(1, 5), rows) and not whole(slice(0, 8, 2), rows)  # not a prefix
+    assert not whole(slice(0, 10), rows) and not whole(None, rows)  # already everything
+    assert not whole(slice(0, 5), rows[:, :8])  # rows that are not contiguous
