@@ -279,6 +279,8 @@ def _mean_time(fn, sync, min_time: float) -> float:
 def _measure_links(dev, nbytes: int, timeit) -> dict:
     import torch
 
+    from .tiers import staged_to_host
+
     if dev.type == "cpu":  # the "gpu" tier is CPU memory: streaming is a memcpy
         src, dst = torch.ones(nbytes, dtype=torch.uint8), torch.empty(nbytes, dtype=torch.uint8)
         memcpy = nbytes / timeit(lambda: dst.copy_(src))
@@ -292,26 +294,18 @@ def _measure_links(dev, nbytes: int, timeit) -> dict:
     return dict(
         h2d_bw=rate(on_dev, pinned), h2d_bw_pageable=rate(on_dev, pageable),
         d2h_bw=rate(pinned, on_dev), d2h_bw_pageable=rate(pageable, on_dev),
-        d2h_cache_bw=_staged_strided_bw(on_dev.view(torch.float16), pinned.view(torch.float16), timeit),
+        d2h_cache_bw=_strided_bw(on_dev.view(torch.float16), pinned.view(torch.float16), timeit, staged_to_host),
     )
 
 
-def _strided_bw(src, dst, timeit) -> float:
-    """Copy a block of positions out of every cache row: 8 KiB pieces at a 16 KiB stride."""
-    rows = src.numel() // (128 * 64)
-    a, b = src[:rows * 128 * 64].view(rows, 128, 64), dst[:rows * 128 * 64].view(rows, 128, 64)
-    part = a[:, :64]
-    return part.numel() * part.element_size() / timeit(lambda: b[:, :64].copy_(part, non_blocking=True))
-
-
-def _staged_strided_bw(src, dst, timeit) -> float:
-    """The same cache write from a GPU, done as the runtime does it (tiers.staged_to_host)."""
-    from .tiers import staged_to_host
-
+def _strided_bw(src, dst, timeit, copy=None) -> float:
+    """Write a block of positions into every cache row (8 KiB pieces at a 16 KiB stride) from
+    contiguous rows, with `copy(dst, src)` as the runtime does it (default: a plain copy)."""
+    copy = copy or (lambda d, s: d.copy_(s, non_blocking=True))
     rows = src.numel() // (128 * 64)
     part = src[:rows * 64 * 64].view(rows, 64, 64)
     b = dst[:rows * 128 * 64].view(rows, 128, 64)
-    return part.numel() * part.element_size() / timeit(lambda: staged_to_host(b[:, :64], part))
+    return part.numel() * part.element_size() / timeit(lambda: copy(b[:, :64], part))
 
 
 def _measure_disk(offload_dir: str, nbytes: int) -> tuple[str, dict]:

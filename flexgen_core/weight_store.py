@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 import os
 
 import torch
@@ -111,6 +110,7 @@ class WeightStore:
         self.layouts: list[LayerLayout] = []
         self.buffers: list[TieredRows] = []
         key = source.cache_key(dtype, self.percents, quant)
+        encoded: dict = {}  # dummy layers of one layout share their bytes
         for layer, (streamed, tables) in zip(layers, storage_plan(layers)):
             layout = LayerLayout(streamed, tables, dtype, quant)
             disk_path = os.path.join(tiers.offload_dir, "weights", key, f"{layer.name}.bin")
@@ -120,7 +120,7 @@ class WeightStore:
             buffer = TieredRows(tiers, (layout.nbytes,), torch.uint8, self.percents, f"w-{layer.name}",
                                 disk_path=disk_path if counts[2] else None)
             if layout.nbytes and not (reusable and counts[0] + counts[1] == 0):
-                flat = source.encoded(layout)
+                flat = source.encoded(layout, encoded)
                 for tier, start, end, storage in buffer.parts:
                     if isinstance(storage, DiskArray):
                         if not reusable:
@@ -134,7 +134,6 @@ class WeightStore:
             self.buffers.append(buffer)
             if progress is not None:
                 progress.update(1)
-        source.forget_encoded()
         home = {entry[0].name: (j, entry) for j, layout in enumerate(self.layouts) for entry in layout.entries}
         self.tables = []  # per layer: {name: RowTable} of the tables it looks up
         for layer in layers:
@@ -214,16 +213,14 @@ def _dummy_block(dtype: torch.dtype = torch.float32) -> torch.Tensor:
 
 
 def dummy_normal(shape) -> torch.Tensor:
-    """N(0, 0.02) values for dummy weights: one seeded random block tiled over the tensor, because
-    drawing every value (30B of them for OPT-30B) takes minutes and the values do not change speed."""
-    block = _dummy_block()
-    n = math.prod(shape)
-    return block.repeat(-(-n // _DUMMY_BLOCK))[:n].view(shape)
+    """N(0, 0.02) values for dummy weights (float32): see fill_dummy_."""
+    return fill_dummy_(torch.empty(shape))
 
 
 def fill_dummy_(t: torch.Tensor) -> torch.Tensor:
-    """`t.copy_(dummy_normal(t.shape))` in place, in t's dtype, without the float32 copy (a model's
-    worth of float32 is 120 GB for OPT-30B)."""
+    """Fill t in place, in its dtype, with N(0, 0.02) values: one seeded random block tiled over it,
+    because drawing every value (30B of them for OPT-30B) takes minutes and the values do not change
+    speed. The values depend only on the tensor's size."""
     block, flat = _dummy_block(t.dtype), t.view(-1)
     for start in range(0, flat.numel(), _DUMMY_BLOCK):
         piece = flat[start:start + _DUMMY_BLOCK]
@@ -238,21 +235,18 @@ class WeightSource:
         self.dummy = dummy
         self.reader = None if dummy else CheckpointReader(path)
         self.identity = identity or (path or "")
-        self._encoded: dict[tuple, torch.Tensor] = {}
 
-    def encoded(self, layout: LayerLayout) -> torch.Tensor:
-        """A layer's byte buffer. Dummy values depend only on each tensor's shape (dummy_normal), so
-        layers of one layout have the same bytes: encoded once, not 48 times for OPT-30B."""
+    def encoded(self, layout: LayerLayout, memo: dict) -> torch.Tensor:
+        """A layer's byte buffer. Dummy values depend only on each tensor's shape (fill_dummy_), so
+        layers of one layout have the same bytes: encoded once per `memo` (one model load), not 48
+        times for OPT-30B."""
         if not self.dummy:
             return layout.encode(self.layer_tensors(layout.specs))
         key = (str(layout.dtype), layout.quant, len(layout.streamed),
                tuple((s.shape, s.init) for s in layout.specs))
-        if key not in self._encoded:
-            self._encoded[key] = layout.encode(self.layer_tensors(layout.specs))
-        return self._encoded[key]
-
-    def forget_encoded(self):
-        self._encoded = {}
+        if key not in memo:
+            memo[key] = layout.encode(self.layer_tensors(layout.specs))
+        return memo[key]
 
     def cache_key(self, dtype: torch.dtype, percents, quant=None) -> str:
         stamp = {"layout": 2, "id": self.identity, "dummy": "tiled" if self.dummy else False, "dtype": str(dtype),

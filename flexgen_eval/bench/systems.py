@@ -256,10 +256,9 @@ def _called_modules(module):
 # -- the original FlexGen ------------------------------------------------------------------------
 
 # Its own policies for a 16 GB GPU, prompt 512 / gen 32, from FlexGen's benchmark suite
-# (benchmark/flexgen/bench_suite.py, suites 6b7_1x1 and 30b_1x1).
-# FlexGen 0.1.8's benchmark-suite policies. OPT-30B's suite block is 48x3 on a 208 GB host: its
-# cache (108 GB at 512 + 32 tokens) and pinned weights (48 GB) would not fit the GPU script's 100 GiB
-# CPU budget on a 128 GiB box, so the same placement runs with a 32x2 block (96 GB).
+# (benchmark/flexgen/bench_suite.py, suites 6b7_1x1 and 30b_1x1). OPT-30B's suite block is 48x3 on a
+# 208 GB host: its cache (108 GB at 512 + 32 tokens) and pinned weights (48 GB) would not fit the GPU
+# script's 100 GiB CPU budget on a 128 GiB box, so the same placement runs with a 32x2 block (96 GB).
 FLEXGEN018_SUITE = {
     "opt-6.7b": "--percent 100 0 100 0 100 0 --gpu-batch-size 2 --overlap False",
     "opt-30b": "--percent 20 80 0 100 0 100 --gpu-batch-size 32 --num-gpu-batches 2 --cpu-cache-compute",
