@@ -242,16 +242,15 @@ class BlockModel:
         out["d2h"] += off_device("c", new / hw.d2h_cache_bw)
         out["disk"] += Lin.var("c_disk", scale=new / hw.disk_write_cache_bw + old / hw.disk_read_cache_bw
                                + 4 * k * hw.disk_cache_op_s)  # K and V: one read, one write per batch
-        if self.shape.cpu_attention:  # CPU and disk rows are attended on the CPU; only q and out move
-            out["device"] += Lin.var("c_gpu", scale=k * device_time)
+        share = self.shape.cpu_attention  # of the CPU and disk rows: attended on the CPU (only q and out move)
+        out["device"] += Lin(const=(1 - share) * k * device_time) + Lin.var("c_gpu", scale=share * k * device_time)
+        out["h2d"] += off_device("c", (1 - share) * old / hw.h2d_bw)  # the rest cross the link
+        if share:
             cpu_time = max(flops / hw.cpu_attn_flops, read_dt / (hw.cpu_attn_bw or hw.cpu_mem_bw))
-            out["cpu"] += off_device("c", k * cpu_time)
+            out["cpu"] += off_device("c", share * k * cpu_time)
             q_bytes = b * qk_dim * self.dt * k
-            out["d2h"] += off_device("c", q_bytes / hw.d2h_bw)
-            out["h2d"] += off_device("c", q_bytes / hw.h2d_bw)
-        else:
-            out["device"] += k * device_time
-            out["h2d"] += off_device("c", old / hw.h2d_bw)
+            out["d2h"] += off_device("c", share * q_bytes / hw.d2h_bw)
+            out["h2d"] += off_device("c", share * q_bytes / hw.h2d_bw)
         return out
 
     def merged(self, busy: dict) -> dict:
@@ -307,8 +306,8 @@ class BlockModel:
 
         dev_prefill = working(s, s, True)
         dev_decode = Lin(working(1, s + n, False)) if n > 1 else Lin()
-        if n > 1 and not self.shape.cpu_attention:
-            dev_decode += off_device("c", nbuf * self.cache_bytes(s + n))  # loaded CPU/disk rows
+        if n > 1 and self.shape.cpu_attention < 1:  # loaded CPU/disk rows
+            dev_decode += off_device("c", (1 - self.shape.cpu_attention) * nbuf * self.cache_bytes(s + n))
         if n > 1 and self.shape.compress_cache:
             dev_decode += self.cache_bytes(s + n, dt)  # the dequantised batch
         gpu = [resident["gpu"] + weight_buffers + dev_prefill, resident["gpu"] + weight_buffers + dev_decode]

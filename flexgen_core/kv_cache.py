@@ -26,13 +26,15 @@ class Segment:
     keys: torch.Tensor  # [rows, t + 1, d] on the device where this segment is attended
     values: torch.Tensor | None  # same, or None when values are gathered lazily (sparse attention)
     is_view: bool  # a view of the tier's storage: writing the new token writes the cache itself
+    rows: slice  # this segment's rows within its part
+
 
 
 class BlockCache:
     def __init__(self, tiers: TierSet, num_layers: int, batch_shapes: list[tuple[int, int]], num_kv_heads: int,
-                 head_dim: int, dtype: torch.dtype, percents, cpu_attention: bool,
+                 head_dim: int, dtype: torch.dtype, percents, cpu_attention: float,
                  quant: QuantConfig | None = None, sparsity: float = 1.0):
-        self.tiers, self.kv, self.cpu_attention = tiers, num_kv_heads, cpu_attention
+        self.tiers, self.kv, self.cpu_attention = tiers, num_kv_heads, float(cpu_attention)
         self.dtype, self.head_dim, self.quant, self.sparsity = dtype, head_dim, quant, sparsity
         self.entries: dict[tuple[int, int], tuple[TieredRows, TieredRows]] = {}
         # every row on the compute device, uncompressed: loads are views of the cache itself
@@ -64,33 +66,44 @@ class BlockCache:
         for buf, new in zip(self.entries[j, k], (keys, values)):
             buf.write(self.encode(_rows(new)), slice(0, s))
 
-    def store_token(self, j: int, k: int, part: int, keys_rows, values_rows, t: int):
-        """Rows [r, d] of the token at position t, for one part."""
-        for buf, rows in zip(self.entries[j, k], (keys_rows, values_rows)):
-            buf.write_part(part, self.encode(rows[:, None]), slice(t, t + 1))
+    def store_token(self, j: int, k: int, part: int, rows: slice, keys_rows, values_rows, t: int):
+        """Rows [r, d] of the token at position t (all rows of the batch), for a run of a part's rows."""
+        for buf, new in zip(self.entries[j, k], (keys_rows, values_rows)):
+            buf.write_part(part, self.encode(new[:, None]), slice(t, t + 1), rows)
 
     # -- reads -------------------------------------------------------------------------------
+    def cpu_rows(self, tier: str, rows: int) -> int:
+        """How many of an off-device part's rows (its first) are attended on the CPU: the
+        cpu_attention share; the link brings the rest to the device."""
+        return 0 if tier == "gpu" else round(rows * self.cpu_attention)
+
     def load(self, j: int, k: int, t: int) -> list[Segment]:
         """Positions 0..t-1 of every part, each with an empty slot t for the token being decoded."""
         kbuf, vbuf = self.entries[j, k]
         lazy_values = self.sparsity < 1.0
         segments = []
         for i, (tier, start, end, storage) in enumerate(kbuf.parts):
-            where = "cpu" if self.cpu_attention and tier != "gpu" else "gpu"
-            if self.quant is None and (tier == "gpu" or (tier == "cpu" and where == "cpu")):
-                keys, values = storage[:, :t + 1], vbuf.parts[i][3][:, :t + 1]
-                segments.append(Segment(i, start, end, tier, keys, values, True))
-                continue
-            keys = self._expanded(kbuf, i, t, where)
-            values = None if lazy_values else self._expanded(vbuf, i, t, where)
-            segments.append(Segment(i, start, end, tier, keys, values, False))
+            on_cpu = self.cpu_rows(tier, end - start)
+            for lo, hi, where in ((0, on_cpu, "cpu"), (on_cpu, end - start, "gpu")):
+                if hi <= lo:
+                    continue
+                rows = slice(lo, hi)
+                if self.quant is None and (tier == "gpu" or (tier == "cpu" and where == "cpu")):
+                    keys, values = storage[rows, :t + 1], vbuf.parts[i][3][rows, :t + 1]
+                    segments.append(Segment(i, start + lo, start + hi, tier, keys, values, True, rows))
+                    continue
+                keys = self._expanded(kbuf, i, rows, t, where)
+                values = None if lazy_values else self._expanded(vbuf, i, rows, t, where)
+                segments.append(Segment(i, start + lo, start + hi, tier, keys, values, False, rows))
         return segments
 
-    def _expanded(self, buf: TieredRows, part: int, t: int, where: str) -> torch.Tensor:
+    def _expanded(self, buf: TieredRows, part: int, rows: slice, t: int, where: str) -> torch.Tensor:
+        """Positions 0..t of a run of rows, as a copy on `where`; slot t is for the new token."""
+        if self.quant is None:  # one read of t + 1 positions: slot t is overwritten, no second buffer
+            return buf.read_part(part, slice(0, t + 1), to=where, rows=rows)
         dev = self.tiers.device if where == "gpu" else torch.device("cpu")
-        rows = buf.parts[part][2] - buf.parts[part][1]
-        out = torch.empty((rows, t + 1, self.head_dim), dtype=self.dtype, device=dev)
-        out[:, :t] = self.decode(buf.read_part(part, slice(0, t), to=where))
+        out = torch.empty((rows.stop - rows.start, t + 1, self.head_dim), dtype=self.dtype, device=dev)
+        out[:, :t] = self.decode(buf.read_part(part, slice(0, t), to=where, rows=rows))
         return out
 
     def gather_values(self, j: int, k: int, seg: Segment, positions: torch.Tensor, t: int,
@@ -103,7 +116,7 @@ class BlockCache:
         tier, _, _, storage = vbuf.parts[seg.index]
         old = positions.clamp(max=t - 1).cpu() if tier == "disk" else positions.clamp(max=t - 1)
         source = storage.tensor if tier == "disk" else storage
-        rows = torch.arange(old.shape[0], device=old.device)[:, None]
+        rows = seg.rows.start + torch.arange(old.shape[0], device=old.device)[:, None]
         picked = source[rows.to(source.device), old.to(source.device)]  # [r, m, width]
         vbuf.tiers.moved(tier, read=picked.numel() * picked.element_size())
         picked = self.decode(picked.to(seg.keys.device))
@@ -127,7 +140,7 @@ def decode_over_segments(q, new_k, new_v, segments: list[Segment], key_valid: to
     """q [b, h, 1, d], new_k/new_v [b, kv, 1, d], key_valid [b, t + 1] -> [b, h, 1, d].
 
     Each segment is attended where it lives; only q and the output cross the link for
-    CPU-attended rows. `store_token(part, k_rows, v_rows)` persists the new token of
+    CPU-attended rows. `store_token(part, rows, k_rows, v_rows)` persists the new token of
     segments that are copies rather than views of their tier."""
     b, h, _, d = q.shape
     kv = new_k.shape[1]
@@ -143,7 +156,7 @@ def decode_over_segments(q, new_k, new_v, segments: list[Segment], key_valid: to
         if seg.values is not None:
             seg.values[:, t] = v_seen[sl].to(dev)
         if not seg.is_view:
-            store_token(seg.index, k_rows, v_rows)
+            store_token(seg.index, seg.rows, k_rows, v_rows)
         q_seg, valid = q_rows[sl].to(dev), valid_rows[sl].to(dev)
         if cache.sparsity < 1.0:
             gather = lambda pos, seg=seg, sl=sl: cache.gather_values(j, k, seg, pos, t, v_seen[sl])  # noqa: E731

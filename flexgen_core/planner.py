@@ -24,6 +24,9 @@ from .spec import ModelSpec
 GPU_BATCH_SIZES = (1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256,
                    320, 384, 448, 512)
 NUM_GPU_BATCHES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32)
+# shares of the off-device cache attended on the CPU: the product of a share and a placement
+# fraction is not linear, so the search tries these instead of the LP choosing one
+CPU_ATTENTION_SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
 ROUNDING = 1e-4  # percentages are rounded to 0.01, moving each share by less than this fraction
 TIE_BREAK = 1e-6  # weight of total busy time next to the overlapped (max) time
 FULL = 0.995  # a tier this full counts as the binding constraint
@@ -110,7 +113,7 @@ class Plan:
 
 def plan_policy(spec: ModelSpec, prompt_len: int, gen_len: int, memory: dict,
                 hardware: HardwareProfile | str = "t4", dtype_bytes: int | None = None,
-                compress_weight: bool = False, compress_cache: bool = False, cpu_attention: bool | None = None,
+                compress_weight: bool = False, compress_cache: bool = False, cpu_attention: float | None = None,
                 margin: float = 0.1, overlap: bool = True, max_block_size: int | None = None,
                 gpu_batch_sizes=GPU_BATCH_SIZES, num_gpu_batches=NUM_GPU_BATCHES,
                 weights: tuple | None = None) -> Plan:
@@ -118,7 +121,8 @@ def plan_policy(spec: ModelSpec, prompt_len: int, gen_len: int, memory: dict,
 
     memory: {"gpu": .., "cpu": .., "disk": ..} as bytes or strings like "16GiB" (a missing tier
     has none). dtype_bytes: None picks the runtime's compute dtype (fp16 on a GPU, fp32 on a
-    CPU). cpu_attention: None tries both (off when the cache is compressed, as in the paper).
+    CPU). cpu_attention: the share of the off-device cache attended on the CPU (True: all); None tries
+    CPU_ATTENTION_SHARES on a GPU (none when the cache is compressed, as in the paper).
     weights: fixed % gpu/cpu/disk of the weights (a model already loaded): only the block shape and
     the cache and activation placement are chosen, e.g. again for each bucket of request lengths.
     """
@@ -132,7 +136,7 @@ def plan_policy(spec: ModelSpec, prompt_len: int, gen_len: int, memory: dict,
     budget = {t: parse_size(memory.get(t, 0)) for t in TIERS}
     usable = {t: budget[t] * (1 - margin) for t in TIERS}
     if cpu_attention is None:
-        attn_options = (False,) if compress_cache or hw.device == "cpu" else (False, True)
+        attn_options = (0.0,) if compress_cache or hw.device == "cpu" else CPU_ATTENTION_SHARES
     else:
         attn_options = (cpu_attention,)
     if hw.device == "cpu" and num_gpu_batches is NUM_GPU_BATCHES:

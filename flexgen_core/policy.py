@@ -27,7 +27,9 @@ class Policy:
     activations: tuple[float, float, float] = (100.0, 0.0, 0.0)
     gpu_batch_size: int = 8
     num_gpu_batches: int = 1
-    cpu_attention: bool = False
+    # share of the off-device cache rows attended on the CPU (True = 1: FlexGen's CPU attention); the
+    # link brings the rest to the device, so both work at once
+    cpu_attention: float = 0.0
     overlap: bool = True
     compress_weight: bool = False
     compress_cache: bool = False
@@ -42,6 +44,10 @@ class Policy:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"Policy.{name} must be a positive integer, got {v!r}")
+        share = self.cpu_attention
+        if not isinstance(share, (bool, int, float)) or not 0.0 <= share <= 1.0:
+            raise ValueError(f"Policy.cpu_attention must be a share in [0, 1] (or a bool), got {share!r}")
+        object.__setattr__(self, "cpu_attention", float(share))
         if self.compression_bits not in (4, 8):
             raise ValueError(f"Policy.compression_bits must be 4 or 8, got {self.compression_bits!r}")
         if self.compression_group_size < 1:
@@ -71,6 +77,8 @@ class Policy:
             f"(% gpu/cpu/disk); block {self.gpu_batch_size}x{self.num_gpu_batches}"
         )
         flags = [n for n in ("cpu_attention", "compress_weight", "compress_cache") if getattr(self, n)]
+        if 0 < self.cpu_attention < 1:
+            flags[0] = f"cpu_attention {self.cpu_attention:.0%}"
         if not self.overlap:
             flags.append("no-overlap")
         return text + (f"; {', '.join(flags)}" if flags else "")

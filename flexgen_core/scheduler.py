@@ -235,8 +235,8 @@ class Scheduler:
                 valid = valid.clone()
                 valid[:, : t + 1 - window] = False
 
-            def store(part, k_rows, v_rows):
-                self.data_queue.submit(cache.store_token, layer_index, k, part, k_rows, v_rows, t)
+            def store(part, rows, k_rows, v_rows):
+                self.data_queue.submit(cache.store_token, layer_index, k, part, rows, k_rows, v_rows, t)
 
             return decode_over_segments(q, new_k, new_v, segments, valid, t, cache, layer_index, k, store)
 

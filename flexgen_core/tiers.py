@@ -42,6 +42,15 @@ def split_rows(rows: int, percents) -> list[int]:
     return [first, second - first, rows - second]
 
 
+def _row_range(rows: slice | None, n: int) -> tuple[int, int]:
+    if rows is None:
+        return 0, n
+    lo, hi, step = rows.indices(n)
+    if step != 1:
+        raise ValueError("a run of rows takes a slice without a step")
+    return lo, max(lo, hi)
+
+
 WHOLE_ROWS_MAX_RATIO = 4  # move whole rows for a prefix read unless that moves > 4x the bytes asked for
 
 
@@ -232,40 +241,48 @@ class TieredRows:
         for i in range(len(self.parts)):
             self.write_part(i, value, index)
 
-    def write_part(self, i: int, value: torch.Tensor, index: slice | None = None):
+    def write_part(self, i: int, value: torch.Tensor, index: slice | None = None, rows: slice | None = None):
+        """Part i from `value` (all rows of the tensor); `rows` (within the part) limits it to a
+        run of the part's rows."""
         tier, start, end, storage = self.parts[i]
-        src = value[start:end]
+        lo, hi = _row_range(rows, end - start)
+        src = value[start + lo:start + hi]
+        whole = (lo, hi) == (0, end - start)
         if tier == "disk":
-            if index is None:
+            if index is None and whole:
                 storage.write_all(src, durable=False)
             else:
-                storage.tensor[:, index] = src.cpu()
+                storage.tensor[lo:hi, index if index is not None else slice(None)] = src.cpu()
         else:
-            dst = storage if index is None else storage[:, index]
+            dst = storage[lo:hi] if index is None else storage[lo:hi, index]
             if tier == "cpu" and src.is_cuda and not dst.is_contiguous():
                 staged_to_host(dst, src)
             else:
                 # Device-to-host copies block: the CPU may read this memory next (CPU attention).
                 dst.copy_(src, non_blocking=self.tiers.on_cuda and tier == "gpu")
-        self.tiers.moved(tier, written=self._bytes(end - start, index))
+        self.tiers.moved(tier, written=self._bytes(hi - lo, index))
 
-    def read_part(self, i: int, index: slice | None = None, to: str = "gpu") -> torch.Tensor:
-        """One part, delivered to the compute device (to="gpu") or to host memory (to="cpu").
-        Memory-resident parts already where they are wanted come back as views, not copies."""
+    def read_part(self, i: int, index: slice | None = None, to: str = "gpu", rows: slice | None = None) -> torch.Tensor:
+        """One part (or the run `rows` of its rows), delivered to the compute device (to="gpu") or
+        to host memory (to="cpu"). Memory-resident rows already where they are wanted come back as
+        views, not copies."""
         tier, start, end, storage = self.parts[i]
+        lo, hi = _row_range(rows, end - start)
+        if tier != "disk":
+            storage = storage[lo:hi]
         if tier == "cpu" and to == "gpu" and self.tiers.on_cuda and _row_prefix_worth_whole_rows(index, storage):
             # the first positions of every row (decode reading the cache): DMA the whole pinned rows,
             # one contiguous copy at link speed, and slice on the device; gathering the prefix on the
             # CPU first costs a host memcpy of it, slower than the link
-            self.tiers.moved(tier, read=self._bytes(end - start, None))
+            self.tiers.moved(tier, read=self._bytes(hi - lo, None))
             return storage.to(self.tiers.device, non_blocking=True)[:, index]
-        self.tiers.moved(tier, read=self._bytes(end - start, index))
+        self.tiers.moved(tier, read=self._bytes(hi - lo, index))
         if tier == "disk":
             if index is None:
-                host = self.tiers.host_empty(storage.shape, self.dtype)
-                storage.read_into(host)
+                host = self.tiers.host_empty((hi - lo,) + self.shape[1:], self.dtype)
+                storage.read_into(host, offset_elems=lo * self.row_elems)
             else:
-                host = storage.tensor[:, index].clone()
+                host = storage.tensor[lo:hi, index].clone()
                 host = host.pin_memory() if self.tiers.on_cuda and to == "gpu" else host
         else:
             host = storage if index is None else storage[:, index]

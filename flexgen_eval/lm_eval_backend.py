@@ -53,9 +53,11 @@ def build_policy(percent=None, **knobs) -> Policy | None:
     for name in ("gpu_batch_size", "num_gpu_batches"):
         if name in knobs:
             knobs[name] = int(knobs[name])
-    for name in ("cpu_attention", "overlap", "compress_weight", "compress_cache"):
+    for name in ("overlap", "compress_weight", "compress_cache"):
         if name in knobs:
             knobs[name] = _as_bool(name, knobs[name])
+    if "cpu_attention" in knobs:
+        knobs["cpu_attention"] = _as_share(knobs["cpu_attention"])
     if percent is None:
         return Policy(**knobs)
     return Policy.from_percent(parse_percent(percent), **knobs)
@@ -69,6 +71,21 @@ def _as_bool(name, value) -> bool:
     if str(value).lower() in ("0", "false", "no"):
         return False
     raise ValueError(f"model_arg {name} must be true or false, got {value!r}")
+
+
+def _as_share(value) -> float:
+    """cpu_attention: true / false, or the share of the off-device cache attended on the CPU."""
+    try:
+        return float(_as_bool("cpu_attention", value))
+    except ValueError:
+        pass
+    try:
+        share = float(value)
+    except (TypeError, ValueError):
+        share = -1.0
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"model_arg cpu_attention must be true, false or a share in [0, 1], got {value!r}")
+    return share
 
 
 def resolve_device(device):

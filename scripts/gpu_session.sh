@@ -6,8 +6,11 @@
 # 1. Installs the wheels carried in .whl/ (if any) into /tmp/site, never over the machine's torch.
 # 2. Runs the runtime's parity/invariance/compression tests with FLEXGEN_TEST_DEVICE=cuda (fp32 on the GPU
 #    against HF fp32 on the CPU) and records pytest's summary.
-# 3. Runs scripts/gpu_bench.sh (OPT-6.7B and OPT-30B, dummy fp16 weights, GPU capped to 16 GiB).
-# 4. With the time left (SESSION_LIMIT seconds in all, default 560), profiles decode steps of the
+# 3. Runs scripts/gpu_bench.sh on OPT-30B (dummy fp16 weights, GPU capped to 16 GiB), then ours once
+#    more with the planner held to the other kind of attention (share 0 if it chose some CPU attention,
+#    else 1) and the profile the first run measured: the side it did not take, measured rather than
+#    predicted. Then OPT-6.7B.
+# 5. With the time left (SESSION_LIMIT seconds in all, default 560), profiles decode steps of the
 #    policies that stream (scripts/profile_decode.py, OPT-1.3B).
 # Everything lands in one archive, OUT_DIR/gpu_session.tgz (the device tool returns at most 8 files),
 # plus OUT_DIR/gpu_session.log. Each step has its own time limit so the archive is always written.
@@ -28,8 +31,9 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 PYTHON="${PYTHON:-python3}"
-# limits that fit one 10-minute device call (the 2026-11-26 H200 run took 476 s with them)
-export PYTHON GPU_BENCH_LIMIT_SMALL="${GPU_BENCH_LIMIT_SMALL:-140}" GPU_BENCH_LIMIT_LARGE="${GPU_BENCH_LIMIT_LARGE:-290}"
+# limits that fit one 10-minute device call (the 2026-11-26 H200 run took 476 s with 140 / 290 and no
+# second OPT-30B run)
+export PYTHON GPU_BENCH_LIMIT_SMALL="${GPU_BENCH_LIMIT_SMALL:-110}" GPU_BENCH_LIMIT_LARGE="${GPU_BENCH_LIMIT_LARGE:-260}"
 date -u +"start %Y-%m-%d %H:%M:%S UTC"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$WORK/gpu.txt"
 "$PYTHON" -c "import torch, transformers, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'accelerate', accelerate.__version__)" | tee -a "$WORK/gpu.txt"
@@ -43,13 +47,34 @@ FLEXGEN_TEST_DEVICE=cuda timeout "${GPU_TEST_LIMIT:-60}" "$PYTHON" -m pytest -q 
 echo "gpu tests exit ${PIPESTATUS[0]}"
 
 echo "== GPU benchmark"
-bash scripts/gpu_bench.sh --out "$WORK" --wheel .whl/flexgen-0.1.8-py3-none-any.whl
+WHEEL_ARGS=(--out "$WORK" --wheel .whl/flexgen-0.1.8-py3-none-any.whl)
+bash scripts/gpu_bench.sh "${WHEEL_ARGS[@]}" --models opt-30b
+
+if [ -f "$WORK/opt-30b.json" ]; then
+  other=$("$PYTHON" - "$WORK/opt-30b.json" "$WORK/measured_profile.json" <<'PY'
+import json, sys
+run = json.load(open(sys.argv[1]))
+json.dump(run["hardware_profile"], open(sys.argv[2], "w"))
+print(0 if run["plan"]["policy"]["cpu_attention"] > 0 else 1)
+PY
+) && {
+    echo "== opt-30b, ours with cpu_attention $other (the planner's other side)"
+    timeout --kill-after=10 "${GPU_ALT_LIMIT:-120}" "$PYTHON" -m flexgen_eval.bench --model opt-30b --dummy-weights \
+      --prompt-len 512 --gen-len 32 --cut-gen-len 4 --gpu-mem 16GiB --cpu-mem 100GiB --disk 40GiB --systems flexgen \
+      --cpu-attention "$other" --repeat 1 --max-batch 256 --offload-dir /tmp/flexgen-bench-offload \
+      --hardware "$WORK/measured_profile.json" --device cuda --dtype float16 --cap-gpu \
+      --out "$WORK/opt-30b-attention-$other.json" 2>&1 | tail -n 14 || echo "alternative run exit $?"
+    rm -rf /tmp/flexgen-bench-offload
+  }
+fi
+
+bash scripts/gpu_bench.sh "${WHEEL_ARGS[@]}" --models opt-6.7b
 
 left=$(( ${SESSION_LIMIT:-560} - SECONDS ))
 if [ "$left" -gt 30 ]; then
   echo "== decode steps of streaming policies (OPT-1.3B, fp16), ${left} s left"
   timeout "$left" "$PYTHON" scripts/profile_decode.py --model opt-1.3b --device cuda --no-hf \
-    --variants resident,weights50,cache94-cpu-attention,cpu-cache-b32 --trace weights50 --out "$WORK" \
+    --variants weights50,cpu-cache-b32,cpu-cache-half-b32,cpu-cache-link-b32,resident --trace weights50 --out "$WORK" \
     || echo "profile_decode exit $?"
 fi
 date -u +"end %Y-%m-%d %H:%M:%S UTC"

@@ -30,6 +30,9 @@ def variants():
         "cache94": (Policy(cache=(94, 6, 0)), None),
         "weights50": (Policy(weights=(50, 50, 0)), None),
         "cpu-cache-b32": (Policy(cache=(0, 100, 0), cpu_attention=True), 32),  # FlexGen's usual large-batch shape
+        # half the CPU cache attended on the CPU while the link brings the other half
+        "cpu-cache-half-b32": (Policy(cache=(0, 100, 0), cpu_attention=0.5), 32),
+        "cpu-cache-link-b32": (Policy(cache=(0, 100, 0)), 32),
     }
 
 

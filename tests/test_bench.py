@@ -47,17 +47,18 @@ def test_sizes_systems_and_policy_parse():
     cfg = bench_cmd.config_from_args(parse([
         "--model", "opt-1.3b", "--dummy-weights", "--gpu-mem", "16GiB", "--cpu-mem", "200GB", "--disk", "1.5TB",
         "--systems", "flexgen, accelerate,flexgen-0.1.8", "--policy", "20,80,0,100,0,100", "--gpu-batch-size", "48",
-        "--num-gpu-batches", "3", "--cut-gen-len", "8", "--warm-baseline-reads", "--no-alternate"]))
+        "--num-gpu-batches", "3", "--cut-gen-len", "8", "--warm-baseline-reads", "--no-alternate",
+        "--cpu-attention", "0.5"]))
     assert (cfg.gpu_mem, cfg.cpu_mem, cfg.disk) == (16 << 30, 200 * 10**9, 1500 * 10**9)
     assert cfg.systems == ("flexgen", "accelerate", "flexgen-0.1.8")
-    assert not cfg.cold_baseline_reads and cfg.alternate is False
+    assert not cfg.cold_baseline_reads and cfg.alternate is False and cfg.cpu_attention == 0.5
     cfg.validate()
     p = runner.percent_policy(cfg.policy, 48, 3)
     assert p.weights == (20, 80, 0) and p.cache == (0, 100, 0) and p.block_size == 144
 
 
 @pytest.mark.parametrize("argv", [["--prompt-len", "0"], ["--gpu-mem", "lots"], ["--repeat", "x"],
-                                  ["--device", "tpu"]])
+                                  ["--device", "tpu"], ["--cpu-attention", "1.5"]])
 def test_bad_flags_are_argparse_errors(argv):
     with pytest.raises(SystemExit):
         parse(["--model", "opt-1.3b", *argv])

@@ -48,6 +48,7 @@ POLICIES = {
     "all-disk": Policy(weights=(0, 0, 100), cache=(0, 0, 100), activations=(0, 0, 100), **COMPRESSED),
     "mix": Policy(weights=MIX, cache=MIX, activations=MIX, **COMPRESSED),
     "mix-cpu-attention": Policy(weights=MIX, cache=MIX, cpu_attention=True, **COMPRESSED),
+    "mix-cpu-attention-share": Policy(weights=MIX, cache=MIX, cpu_attention=0.5, **COMPRESSED),
     "mix-1x4-no-overlap": Policy(weights=MIX, cache=MIX, gpu_batch_size=1, num_gpu_batches=4, overlap=False,
                                  **COMPRESSED),
 }

@@ -122,6 +122,16 @@ def test_cpu_attention_moves_cache_traffic_off_the_link():
     assert cpu_attn.busy["decode"]["cpu"] > 0 == plain.busy["decode"]["cpu"]
 
 
+def test_a_cpu_attention_share_splits_the_cache_between_the_cpu_and_the_link():
+    """Share s of the off-device cache is attended on the CPU, the rest crosses the link: each
+    resource's decode time is the straight line between the two pure choices."""
+    ends = [estimate(OPT30, offloaded((100, 0, 0), cpu_attention=s), 512, 32, T4).busy["decode"] for s in (0, 1)]
+    for share in (0.25, 0.5):
+        mid = estimate(OPT30, offloaded((100, 0, 0), cpu_attention=share), 512, 32, T4).busy["decode"]
+        for r in ("h2d", "cpu"):
+            assert mid[r] == pytest.approx((1 - share) * ends[0][r] + share * ends[1][r], rel=1e-6)
+
+
 def test_compression_shrinks_weights_on_every_tier():
     assert compressed_bytes_per_element(4, 64) == pytest.approx(0.5625)
     plain = estimate(OPT30, offloaded((0, 0, 100)), 512, 32, T4).peak_memory["disk"]

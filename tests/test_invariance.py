@@ -13,6 +13,10 @@ POLICIES = {
     "mix": Policy(weights=MIX, cache=MIX, activations=MIX),
     "mix-cpu-attention": Policy(weights=MIX, cache=MIX, activations=MIX, cpu_attention=True),
     "disk-cpu-attention": Policy(weights=(0, 0, 100), cache=(0, 0, 100), cpu_attention=True),
+    # part of each off-device tier's rows attended on the CPU, the rest brought to the device
+    "mix-cpu-attention-share": Policy(weights=MIX, cache=MIX, activations=MIX, cpu_attention=0.4),
+    "block-4x2-cpu-attention-share": Policy(weights=MIX, cache=(0, 60, 40), gpu_batch_size=4, num_gpu_batches=2,
+                                            cpu_attention=0.5),
     "mix-no-overlap": Policy(weights=MIX, cache=MIX, activations=MIX, overlap=False),
     "block-1x8": Policy(weights=MIX, cache=MIX, gpu_batch_size=1, num_gpu_batches=8),
     "block-4x2": Policy(weights=MIX, cache=MIX, gpu_batch_size=4, num_gpu_batches=2),

@@ -16,7 +16,7 @@ from lm_eval.api.model import CachingLM  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 from flexgen_eval import lm_eval_register  # noqa: E402
-from flexgen_eval.lm_eval_backend import FlexGenLM, parse_percent  # noqa: E402
+from flexgen_eval.lm_eval_backend import FlexGenLM, build_policy, parse_percent  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS_DIR = os.path.join(REPO, "scenarios", "lm_eval")
@@ -251,6 +251,10 @@ def test_model_args(tiny_llama_dir):
             assert (p.weights, p.gpu_batch_size, p.num_gpu_batches, p.cpu_attention) == ((0, 100, 0), 16, 3, True)
         finally:
             lm.llm.close()
+    assert build_policy(percent="[0,100,0,100,100,0]", cpu_attention="0.25").cpu_attention == 0.25
+    for bad in ("1.5", "sometimes"):
+        with pytest.raises(ValueError, match="cpu_attention must be true, false or a share"):
+            build_policy(percent="[0,100,0,100,100,0]", cpu_attention=bad)
 
 
 # -- registration -------------------------------------------------------------------------------

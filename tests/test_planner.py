@@ -23,13 +23,22 @@ def fits(plan, budget):
                for t in ("gpu", "cpu", "disk"))
 
 
-def test_opt30b_on_t4_keeps_everything_off_disk(opt30_plan):
+def test_opt30b_on_t4_keeps_weights_off_disk(opt30_plan):
     p = opt30_plan.policy
-    assert p.weights[2] == 0 and p.cache[2] == 0 and p.activations[2] == 0
-    assert opt30_plan.peak_memory["disk"] == 0
+    assert p.weights[2] == 0 and p.activations[2] == 0  # 60 GB of weights fit in 200 GiB of CPU memory
     assert fits(opt30_plan, T4_BOX)
     assert opt30_plan.throughput > 1.0
     assert p.block_size > 8  # offloading pays only with large blocks
+
+
+def test_opt30b_on_t4_splits_attention_between_the_cpu_and_the_link(opt30_plan):
+    """The CPU attending part of the cache while the link brings the rest beats either alone."""
+    spec = ModelSpec.from_name("opt-30b")
+    assert 0 < opt30_plan.policy.cpu_attention < 1
+    for share in (0.0, 1.0):
+        alone = plan_policy(spec, 512, 32, T4_BOX, "t4", cpu_attention=share)
+        assert alone.policy.cpu_attention == share
+        assert opt30_plan.throughput > alone.throughput * 1.05
 
 
 def test_percentages_sum_to_100(opt30_plan):
@@ -61,7 +70,7 @@ def test_planner_beats_every_hand_policy_in_a_grid():
     limits = {t: parse_size(budget[t]) * 0.9 for t in budget}
     splits = [(g, c, 100 - g - c) for g in range(0, 101, 25) for c in range(0, 101 - g, 25)]
     best = 0.0
-    for w, c, (b, k), attn in itertools.product(splits, splits, ((4, 1), (8, 2), (16, 4), (32, 8)), (False, True)):
+    for w, c, (b, k), attn in itertools.product(splits, splits, ((4, 1), (8, 2), (16, 4), (32, 8)), (0, 0.5, 1)):
         policy = Policy(weights=w, cache=c, activations=(0, 100, 0), gpu_batch_size=b, num_gpu_batches=k,
                         cpu_attention=attn)
         est = estimate(spec, policy, 256, 16, "t4")

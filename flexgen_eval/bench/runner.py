@@ -47,6 +47,7 @@ class BenchConfig:
     policy: str = "auto"  # "auto" (planner) or six FlexGen --percent numbers "w_gpu,w_cpu,c_gpu,c_cpu,a_gpu,a_cpu"
     gpu_batch_size: int | None = None
     num_gpu_batches: int | None = None
+    cpu_attention: float | None = None  # share of the off-device cache attended on the CPU (None: planner's)
     max_batch: int = 64
     hf_batch: int | None = None  # None: the same batch as ours
     repeat: int = 3
@@ -192,10 +193,12 @@ class Bench:
 
         if cfg.policy == "auto":
             self.plan = plan_policy(spec, cfg.prompt_len, cfg.gen_len, self.budget.planner_memory(), self.profile,
-                                    dtype_bytes=self.dt, max_block_size=cfg.max_batch)
+                                    dtype_bytes=self.dt, max_block_size=cfg.max_batch,
+                                    cpu_attention=cfg.cpu_attention)
             policy, how = self.plan.policy, f"planner (max block {cfg.max_batch}); binding: {self.plan.binding}"
         else:
             policy = percent_policy(cfg.policy, cfg.gpu_batch_size or 8, cfg.num_gpu_batches or 1)
+            policy = policy.with_(cpu_attention=cfg.cpu_attention or 0.0)
             how = "given policy"
         self.policy = policy
         self.estimate = estimate(spec, policy, cfg.prompt_len, cfg.gen_len, self.profile, self.dt)

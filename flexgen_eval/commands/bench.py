@@ -33,6 +33,9 @@ def register(subparsers):
                    help="'auto' (planner) or FlexGen's six --percent numbers w_gpu,w_cpu,c_gpu,c_cpu,a_gpu,a_cpu")
     p.add_argument("--gpu-batch-size", type=_positive, default=None, help="with an explicit --policy")
     p.add_argument("--num-gpu-batches", type=_positive, default=None, help="with an explicit --policy")
+    p.add_argument("--cpu-attention", type=_share, default=None, metavar="SHARE",
+                   help="share (0-1) of the off-device cache attended on the CPU; with --policy auto it fixes "
+                        "the planner's choice, with an explicit policy it defaults to 0")
     p.add_argument("--max-batch", type=_positive, default=64,
                    help="largest batch (sequences per block) any system may use (default 64)")
     p.add_argument("--hf-batch", type=_positive, default=None, help="HF generate's batch (default: ours)")
@@ -69,6 +72,16 @@ def _positive(text: str) -> int:
     return v
 
 
+def _share(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share in [0, 1], got {text!r}")
+    return v
+
+
 def config_from_args(args):
     from flexgen_eval.bench import BenchConfig
 
@@ -77,7 +90,8 @@ def config_from_args(args):
         model=args.model, dummy_weights=args.dummy_weights, prompt_len=args.prompt_len, gen_len=args.gen_len,
         cut_gen_len=args.cut_gen_len, gpu_mem=args.gpu_mem, cpu_mem=args.cpu_mem, disk=args.disk_mem,
         systems=tuple(s.strip() for s in args.systems.split(",") if s.strip()), policy=args.policy,
-        gpu_batch_size=args.gpu_batch_size, num_gpu_batches=args.num_gpu_batches, max_batch=args.max_batch,
+        gpu_batch_size=args.gpu_batch_size, num_gpu_batches=args.num_gpu_batches,
+        cpu_attention=args.cpu_attention, max_batch=args.max_batch,
         hf_batch=args.hf_batch, repeat=args.repeat, out=args.out or f"results/bench/{name}.json",
         offload_dir=args.offload_dir, hardware=args.hardware, device=args.device, dtype=args.dtype,
         cold_baseline_reads=not args.warm_baseline_reads, alternate=False if args.no_alternate else None,

@@ -1,6 +1,7 @@
 """`flexgen-eval plan`: the fastest policy for a model, a workload and a memory budget."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 
@@ -27,8 +28,9 @@ def register(subparsers):
                                                     "or a JSON file from `flexgen-eval profile`")
     p.add_argument("--compress-weight", action="store_true", help="4-bit group-wise weights")
     p.add_argument("--compress-cache", action="store_true", help="4-bit group-wise KV cache")
-    p.add_argument("--cpu-attention", choices=("auto", "on", "off"), default="auto",
-                   help="attend CPU-resident cache on the CPU (auto: let the planner decide)")
+    p.add_argument("--cpu-attention", type=_attention_share, default=None, metavar="auto|on|off|SHARE",
+                   help="attend the off-device cache on the CPU: on, off, or the share of its rows (0-1) "
+                        "attended there while the link brings the rest (auto, the default: the planner decides)")
     p.add_argument("--margin", type=float, default=0.1, help="fraction of each budget kept free (default 0.1)")
     p.add_argument("--max-block-size", type=int, default=None, help="at most this many sequences per block")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -37,6 +39,19 @@ def register(subparsers):
 
 def load_spec(name_or_dir: str) -> ModelSpec:
     return ModelSpec.from_dir(name_or_dir) if os.path.isdir(name_or_dir) else ModelSpec.from_name(name_or_dir)
+
+
+def _attention_share(text: str) -> float | None:
+    named = {"auto": None, "on": 1.0, "off": 0.0}
+    if text in named:
+        return named[text]
+    try:
+        share = float(text)
+    except ValueError:
+        share = -1.0
+    if not 0.0 <= share <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected auto, on, off or a share in [0, 1], got {text!r}")
+    return share
 
 
 def run(args) -> int:
@@ -52,7 +67,7 @@ def run(args) -> int:
     plan = plan_policy(
         load_spec(args.model), args.prompt_len, args.gen_len, memory, hw,
         compress_weight=args.compress_weight, compress_cache=args.compress_cache,
-        cpu_attention={"auto": None, "on": True, "off": False}[args.cpu_attention],
+        cpu_attention=args.cpu_attention,
         margin=args.margin, max_block_size=args.max_block_size)
     print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.describe())
     return 0
