@@ -1,9 +1,11 @@
 """Ordered background transfers that overlap with compute.
 
 Each queue is one worker thread running tasks in submission order, so a read
-submitted after a write to the same buffer sees the write. On CUDA a queue owns a
-stream: work it issues is fenced by events instead of a global synchronize. With
-overlap off the same tasks run inline, in the same order.
+submitted after a write to the same buffer sees the write. A task may also wait for
+a task of another queue (`after`): reads and writes run on separate queues, so a
+write that waits for the device never holds up the reads queued behind it. On CUDA
+a queue owns a stream: work it issues is fenced by events instead of a global
+synchronize. With overlap off the same tasks run inline, in the same order.
 """
 from __future__ import annotations
 
@@ -31,7 +33,9 @@ class IOQueue:
         self.stream = torch.cuda.Stream(self.device) if (self.cuda and overlap) else None
         self._inflight: list[Future] = []  # kept so a failed store is reported, not lost
 
-    def submit(self, fn, *args) -> Pending:
+    def submit(self, fn, *args, after: "Pending | None" = None) -> Pending:
+        """Run fn(*args) on this queue's thread (and stream); with `after`, not before that task
+        (of any queue) is done, device work included."""
         if self.pool is None:
             done: Future = Future()
             done.set_result((fn(*args), None))
@@ -43,20 +47,23 @@ class IOQueue:
             for t in _tensors(args):  # and compute may drop them before this stream is done
                 if t.is_cuda:
                     t.record_stream(self.stream)
-        future = self.pool.submit(self._run, fn, args, ready)
+        future = self.pool.submit(self._run, fn, args, ready, after)
         self._inflight = [f for f in self._inflight if not f.done() or f.exception() is not None]
         self._inflight.append(future)
         return Pending(future, self.device)
 
-    def _run(self, fn, args, ready):
+    def _run(self, fn, args, ready, after):
+        before = after.future.result()[1] if after is not None else None  # raises what that task raised
         with torch.inference_mode():
-            return self._run_on_stream(fn, args, ready)
+            return self._run_on_stream(fn, args, ready, before)
 
-    def _run_on_stream(self, fn, args, ready):
+    def _run_on_stream(self, fn, args, ready, before=None):
         if not self.cuda:
             return fn(*args), None
         with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
             self.stream.wait_event(ready)
+            if before is not None:
+                self.stream.wait_event(before)
             value = fn(*args)
             done = torch.cuda.Event()
             done.record(self.stream)

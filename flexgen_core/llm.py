@@ -185,7 +185,7 @@ class LLM:
         eos = self.spec.eos_token_ids
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             eos = tuple(set(eos) | {self.tokenizer.eos_token_id})
-        start, generated = time.perf_counter(), 0
+        start, generated, step_seconds = time.perf_counter(), 0, []
         for block, policy in self._blocks(rows, params.max_new_tokens):
             block_rows = [rows[i] for i in block]
             shared = self._shared_prefix(block_rows, policy)
@@ -194,10 +194,12 @@ class LLM:
                                 prefix=block_rows[0][:shared])
             with torch.inference_mode():
                 self.scheduler.run(job, policy)
+            step_seconds.append(self.scheduler.step_seconds)
             for r, i in enumerate(block):
                 results[i] = self._completion(job, r, samplers[i].completion_index)
                 generated += len(results[i].token_ids)
         self._record("generate", start, generated, len(rows))
+        self.last_run["step_seconds"] = step_seconds  # per block: each token step (host time)
         outputs = [RequestOutput(list(p), []) for p in prompts]
         for i, completion in zip(owners, results):
             outputs[i].outputs.append(completion)

@@ -33,6 +33,12 @@ def variants():
         # half the CPU cache attended on the CPU while the link brings the other half
         "cpu-cache-half-b32": (Policy(cache=(0, 100, 0), cpu_attention=0.5), 32),
         "cpu-cache-link-b32": (Policy(cache=(0, 100, 0)), 32),
+        # the OPT-30B plans of the 2026-11-26 H200 bench (16 GiB cap): the link alone, and a quarter of
+        # the cache attended on the CPU
+        "opt30b-link-4x16": (Policy(weights=(20.92, 79.08, 0), cache=(0, 100, 0), activations=(0, 100, 0),
+                                    num_gpu_batches=16), 4),
+        "opt30b-share25-8x8": (Policy(weights=(20.19, 79.81, 0), cache=(0, 100, 0), activations=(0, 100, 0),
+                                      num_gpu_batches=8, cpu_attention=0.25), 8),
     }
 
 
@@ -122,7 +128,7 @@ def main(argv=None):
 
     for name, (policy, batch) in chosen.items():
         batch = batch or args.batch
-        policy, prompts = policy.with_(gpu_batch_size=batch), prompts_for(batch)
+        policy, prompts = policy.with_(gpu_batch_size=batch), prompts_for(batch * policy.num_gpu_batches)
         t0 = time.perf_counter()
         with LLM.from_pretrained(args.model, policy=policy, device=args.device, dtype=dtype,
                                  dummy_weights=True) as llm:
@@ -134,7 +140,7 @@ def main(argv=None):
             report["step_ms"][name] = ms = step_ms(run)
             report["allocator"][name] = {k: v - before[k] for k, v in allocator_counts(cuda).items()}
             print(f"{name:40s} {ms:8.2f} ms per decode step ({ms / llm.spec.num_layers:.3f} ms per layer), "
-                  f"batch {batch}, load {report['load_s'][name]} s, allocator {report['allocator'][name]}", flush=True)
+                  f"batch {batch}x{policy.num_gpu_batches}, load {report['load_s'][name]} s, allocator {report['allocator'][name]}", flush=True)
             with profile(activities=activities) as prof:
                 run(args.steps + 1)  # mostly decode steps
                 sync()

@@ -205,12 +205,40 @@ def test_tiny_run_writes_json_with_the_fields_and_a_plot(tiny_opt_dir, tmp_path,
     assert ours["policy"] and ours["predicted_throughput_tokens_per_s"] > 0
     assert ours["weights_percent"]["disk"] >= 50
     assert ours["peak_memory_bytes"]["disk_bytes_read_tiers"] > 0  # the runtime read its disk tier
+    steps = [block for run in ours["run_details"] for block in run["step_seconds"]]
+    assert [len(block) for block in steps] == [3] and all(s > 0 for s in steps[0])  # prefill + 2 decode steps
     assert rows["accelerate"]["weights_percent"]["disk"] > 0
     assert rows["hf"]["batch"] == 1
     assert set(res["ratios"]) == {"flexgen_vs_accelerate", "flexgen_vs_hf"}
     png = tmp_path / "tiny.png"
     assert png.exists() and png.stat().st_size > 1000
     assert "| accelerate |" in runner.table(res)
+
+
+def test_a_system_out_of_memory_in_a_timed_run_loses_nothing_else(tiny_opt_dir, tmp_path, monkeypatch):
+    """An out-of-memory error in one system's timed run is that system's result (skipped, with the
+    reason); the systems before and after it still run and the JSON is written."""
+    import torch
+
+    from flexgen_eval.bench import systems
+
+    real = systems.Ours.generate
+
+    def fails_on_the_long_run(self, prompts, new_tokens):
+        if new_tokens > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 128.00 MiB.")
+        return real(self, prompts, new_tokens)
+
+    monkeypatch.setattr(systems.Ours, "generate", fails_on_the_long_run)
+    out = tmp_path / "oom.json"
+    cfg = runner.BenchConfig(model=tiny_opt_dir, prompt_len=12, gen_len=3, gpu_mem="300KB", cpu_mem="300KB",
+                             disk="1GB", systems=("flexgen", "accelerate"), max_batch=4, repeat=1, hardware="cpu",
+                             offload_dir=str(tmp_path / "off"), out=str(out), alternate=False)
+    res = runner.Bench(cfg, log=lambda *_: None).run()
+    rows = {r["system"]: r for r in res["systems"]}
+    assert "out of memory in a timed run" in rows["flexgen"]["skipped"]
+    assert rows["flexgen"].get("throughput_tokens_per_s") is None
+    assert not rows["accelerate"]["skipped"] and rows["accelerate"]["throughput_tokens_per_s"] > 0
 
 
 def test_unfit_systems_are_skipped_with_a_reason(tiny_opt_dir, tmp_path):

@@ -327,6 +327,8 @@ class Bench:
             sysm.rss.disk_read = 0
         if phase == "run" and hasattr(sysm, "rss"):
             e.details.setdefault("disk_read_bytes_per_run", []).append(sysm.rss.last_disk_read)
+        if phase == "run" and getattr(sysm, "last_details", None):
+            e.details.setdefault("run_details", []).append(sysm.last_details)
         if phase == "prefill":
             e.prefill_runs.append(seconds)
         elif phase == "run":
@@ -364,14 +366,21 @@ class Bench:
                 for e in active:
                     e.details["peak_memory"] = e.system.peak_memory()
             else:
+                oom = getattr(torch.cuda, "OutOfMemoryError", MemoryError)
                 for e in active:
-                    if not self._build_fitting(e, prompts):
-                        continue
-                    for phase in phases[1:]:
-                        self._phase(e, phase, prompts)
-                    e.details["peak_memory"] = e.system.peak_memory()
-                    e.system.close()
-                    e.system = None
+                    try:
+                        if not self._build_fitting(e, prompts):
+                            continue
+                        for phase in phases[1:]:
+                            self._phase(e, phase, prompts)
+                        e.details["peak_memory"] = e.system.peak_memory()
+                    except oom as err:  # one system's failure; the others still run
+                        e.skipped = f"out of memory in a timed run at batch {e.batch}: {str(err).splitlines()[0]}"
+                        e.runs, e.prefill_runs = [], []
+                        self.log(f"    {e.name}: {e.skipped}")
+                    if e.system is not None:
+                        e.system.close()
+                        e.system = None
                     self._save_partial(started)
                     if self.device.type == "cuda":
                         release_cached_memory()

@@ -59,8 +59,10 @@ class Ours(System):
                                        dummy_weights=dummy, memory=memory)
         self.batch = policy.block_size
         self.rss = PeakRSS()
+        self.last_details: dict = {}  # of the last generate: its token steps' seconds, allocator retries
 
     def generate(self, prompts, new_tokens):
+        retries = _alloc_retries()
         with self.rss.measure():
             start = time.perf_counter()
             outs = self.llm.generate(prompts, SamplingParams(max_new_tokens=new_tokens, ignore_eos=True,
@@ -68,6 +70,12 @@ class Ours(System):
             seconds = time.perf_counter() - start
         if any(len(o.outputs[0].token_ids) != new_tokens for o in outs):
             raise RuntimeError("flexgen generated a different number of tokens than asked")
+        # where the time went, step by step: a slow step (or the allocator freeing its cache to retry a
+        # failed allocation, which synchronises the device) shows here, not only in the total
+        self.last_details = {"step_seconds": [[round(x, 4) for x in block]
+                                              for block in self.llm.last_run.get("step_seconds", [])]}
+        if retries is not None:
+            self.last_details["alloc_retries"] = _alloc_retries() - retries
         return seconds
 
     def peak_memory(self):
@@ -85,6 +93,12 @@ class Ours(System):
 
     def close(self):
         self.llm.close()
+
+
+def _alloc_retries() -> int | None:
+    if not torch.cuda.is_available():
+        return None
+    return int(torch.cuda.memory_stats().get("num_alloc_retries", 0))
 
 
 # -- HF generate and accelerate -------------------------------------------------------------------
