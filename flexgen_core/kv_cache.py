@@ -29,7 +29,6 @@ class Segment:
     rows: slice  # this segment's rows within its part
 
 
-
 class BlockCache:
     def __init__(self, tiers: TierSet, num_layers: int, batch_shapes: list[tuple[int, int]], num_kv_heads: int,
                  head_dim: int, dtype: torch.dtype, percents, cpu_attention: float,
