@@ -260,6 +260,16 @@ def test_warm_up_runs_a_decode_step(tiny_opt_dir, tmp_path, monkeypatch):
     assert asked == [2, 1, 4]  # warm-up, prefill, run
 
 
+def test_systems_run_in_the_order_named(tiny_opt_dir, tmp_path):
+    order = []
+    cfg = runner.BenchConfig(model=tiny_opt_dir, prompt_len=12, gen_len=3, gpu_mem="300KB", cpu_mem="300KB",
+                             disk="1GB", systems=("accelerate", "flexgen"), max_batch=4, repeat=1, hardware="cpu",
+                             offload_dir=str(tmp_path / "off"), out=str(tmp_path / "o.json"), alternate=False)
+    bench = runner.Bench(cfg, log=lambda line: order.append(line.split()[0]) if " warmup " in line else None)
+    bench.run()
+    assert order == ["accelerate", "flexgen"]
+
+
 def test_unfit_systems_are_skipped_with_a_reason(tiny_opt_dir, tmp_path):
     cfg = runner.BenchConfig(model=tiny_opt_dir, prompt_len=12, gen_len=3, gpu_mem="400KB", cpu_mem="400KB",
                              disk="1GB", systems=("flexgen", "hf", "flexgen-0.1.8"), max_batch=4, hf_batch=256,

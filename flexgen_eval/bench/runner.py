@@ -351,7 +351,8 @@ class Bench:
                  + f", {str(self.dtype).split('.')[-1]}, budget gpu {format_size(self.budget.gpu)} / cpu "
                  f"{format_size(self.budget.cpu)} / disk {format_size(self.budget.disk)} on {self.device}")
         self.choose()
-        active = [e for e in self.entries.values() if not e.skipped]
+        # in the order --systems names them: with a time limit, the ones named first finish
+        active = [self.entries[n] for n in dict.fromkeys(cfg.systems) if n in self.entries and not self.entries[n].skipped]
         if cfg.dry_run:
             return self.result(started, dry_run=True)
         batches = [e.batch for e in active] or [1]
