@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from .hardware import HardwareProfile, load_profile
-from .policy import TIERS, Policy
+from .policy import TIERS, WRITES_IN_FLIGHT, Policy
 from .sizes import format_size
 from .spec import ModelSpec
 
@@ -304,7 +304,9 @@ class BlockModel:
             mlp = mlp_mult * b * tokens * sp.ffn_size * dt
             return hidden + max(attn, mlp, logits)
 
-        dev_prefill = working(s, s, True)
+        # writes waiting for their turn hold a batch's prompt keys and values, or its hidden states
+        in_flight = WRITES_IN_FLIGHT * max(self.cache_bytes(s, dt) if n > 1 else 0.0, self.hidden_bytes(s))
+        dev_prefill = working(s, s, True) + (in_flight if self.shape.overlap else 0.0)
         dev_decode = Lin(working(1, s + n, False)) if n > 1 else Lin()
         if n > 1 and self.shape.cpu_attention < 1:  # loaded CPU/disk rows
             dev_decode += off_device("c", (1 - self.shape.cpu_attention) * nbuf * self.cache_bytes(s + n))

@@ -26,11 +26,12 @@ class Pending:
 
 
 class IOQueue:
-    def __init__(self, name: str, device: torch.device, overlap: bool):
+    def __init__(self, name: str, device: torch.device, overlap: bool, max_pending: int | None = None):
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"flexgen-{name}") if overlap else None
         self.stream = torch.cuda.Stream(self.device) if (self.cuda and overlap) else None
+        self.max_pending = max_pending  # tasks queued or running before submit waits (None: no limit)
         self._inflight: list[Future] = []  # kept so a failed store is reported, not lost
 
     def submit(self, fn, *args, after: "Pending | None" = None) -> Pending:
@@ -47,8 +48,12 @@ class IOQueue:
             for t in _tensors(args):  # and compute may drop them before this stream is done
                 if t.is_cuda:
                     t.record_stream(self.stream)
-        future = self.pool.submit(self._run, fn, args, ready, after)
         self._inflight = [f for f in self._inflight if not f.done() or f.exception() is not None]
+        if self.max_pending is not None:
+            running = [f for f in self._inflight if not f.done()]
+            for oldest in running[: max(0, len(running) - self.max_pending + 1)]:
+                oldest.exception()  # wait; a failure is raised by drain(), as for any task
+        future = self.pool.submit(self._run, fn, args, ready, after)
         self._inflight.append(future)
         return Pending(future, self.device)
 

@@ -21,7 +21,7 @@ from .attention import prefill_attention
 from .compression import QuantConfig, dequantize, quantize
 from .io_queue import IOQueue
 from .kv_cache import BlockCache, decode_over_segments
-from .policy import Policy
+from .policy import WRITES_IN_FLIGHT, Policy
 from .tiers import TieredRows, TierSet
 
 HEAD_CHUNK_ROWS = 1024  # logits rows per head call: bounds the [rows, vocab] tensor
@@ -109,7 +109,7 @@ class Scheduler:
                             if policy.compress_cache else None)
         self.weight_queue = IOQueue("weights", tiers.device, policy.overlap)
         self.read_queue = IOQueue("reads", tiers.device, policy.overlap)
-        self.write_queue = IOQueue("writes", tiers.device, policy.overlap)
+        self.write_queue = IOQueue("writes", tiers.device, policy.overlap, max_pending=WRITES_IN_FLIGHT)
         self._cache_writes: dict[tuple[int, int], object] = {}  # (layer, batch) -> its last cache write
         self.step_seconds: list[float] = []  # host time of each token step of the last block run
 
