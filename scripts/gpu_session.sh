@@ -10,7 +10,7 @@
 #    more with the planner held to the other kind of attention (share 0 if it chose some CPU attention,
 #    else 1) and the profile the first run measured: the side it did not take, measured rather than
 #    predicted. Then OPT-6.7B.
-# 5. With the time left (SESSION_LIMIT seconds in all, default 560), profiles decode steps of the
+# 4. With the time left (SESSION_LIMIT seconds in all, default 560), profiles decode steps of the
 #    policies that stream (scripts/profile_decode.py, OPT-1.3B).
 # Everything lands in one archive, OUT_DIR/gpu_session.tgz (the device tool returns at most 8 files),
 # plus OUT_DIR/gpu_session.log. Each step has its own time limit so the archive is always written.
@@ -78,7 +78,7 @@ left=$(( ${SESSION_LIMIT:-560} - SECONDS ))
 if [ "$left" -gt 30 ]; then
   echo "== decode steps of streaming policies (OPT-1.3B, fp16), ${left} s left"
   timeout "$left" "$PYTHON" scripts/profile_decode.py --model opt-1.3b --device cuda --no-hf \
-    --variants weights50,cpu-cache-b32,cpu-cache-half-b32,cpu-cache-link-b32,resident --trace weights50 --out "$WORK" \
+    --variants cpu-cache-link-b32,cpu-cache-half-b32,cpu-cache-b32,weights50,resident --out "$WORK" \
     || echo "profile_decode exit $?"
 fi
 date -u +"end %Y-%m-%d %H:%M:%S UTC"
