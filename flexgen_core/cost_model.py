@@ -304,9 +304,10 @@ class BlockModel:
             mlp = mlp_mult * b * tokens * sp.ffn_size * dt
             return hidden + max(attn, mlp, logits)
 
-        # writes waiting for their turn hold a batch's prompt keys and values, or its hidden states
+        # writes waiting for their turn hold a batch's prompt keys and values, or its hidden states, on
+        # a GPU the host runs ahead of (a CPU computes on the host thread itself, so its writes keep up)
         in_flight = WRITES_IN_FLIGHT * max(self.cache_bytes(s, dt) if n > 1 else 0.0, self.hidden_bytes(s))
-        dev_prefill = working(s, s, True) + (in_flight if self.shape.overlap else 0.0)
+        dev_prefill = working(s, s, True) + (in_flight if self.shape.overlap and self.hw.device != "cpu" else 0.0)
         dev_decode = Lin(working(1, s + n, False)) if n > 1 else Lin()
         if n > 1 and self.shape.cpu_attention < 1:  # loaded CPU/disk rows
             dev_decode += off_device("c", (1 - self.shape.cpu_attention) * nbuf * self.cache_bytes(s + n))
