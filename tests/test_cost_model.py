@@ -132,6 +132,24 @@ def test_a_cpu_attention_share_splits_the_cache_between_the_cpu_and_the_link():
             assert mid[r] == pytest.approx((1 - share) * ends[0][r] + share * ends[1][r], rel=1e-6)
 
 
+def test_writes_in_flight_count_in_gpu_prefill_memory_only_on_a_gpu():
+    """With overlap, a GPU's prefill memory holds WRITES_IN_FLIGHT pending writes beyond what a CPU
+    device holds (the other overlap buffers are the same on both)."""
+    from flexgen_core.policy import WRITES_IN_FLIGHT
+
+    policy = offloaded((0, 100, 0), gpu_batch_size=8, num_gpu_batches=1)
+    x = fractions(policy)
+
+    def overlap_extra(hw):
+        on, off = (BlockModel(OPT30, p, 512, 32, hw, 2) for p in (policy, policy.with_(overlap=False)))
+        return on.memory_terms(False)["gpu"][0].value(x) - off.memory_terms(False)["gpu"][0].value(x)
+
+    model = BlockModel(OPT30, policy, 512, 32, T4, 2)
+    held = WRITES_IN_FLIGHT * max(model.cache_bytes(512, 2), model.hidden_bytes(512))
+    assert held > 0
+    assert overlap_extra(T4) == pytest.approx(overlap_extra(load_profile("cpu")) + held)
+
+
 def test_compression_shrinks_weights_on_every_tier():
     assert compressed_bytes_per_element(4, 64) == pytest.approx(0.5625)
     plain = estimate(OPT30, offloaded((0, 0, 100)), 512, 32, T4).peak_memory["disk"]
