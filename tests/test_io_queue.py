@@ -71,3 +71,16 @@ def test_inline_queues_run_tasks_in_order_at_once():
     first = q.submit(out.append, 1)
     q.submit(out.append, 2, after=first)
     assert out == [1, 2]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_a_read_on_another_stream_sees_the_write_it_waits_for(queues):
+    """The write copies device -> pinned host asynchronously on its stream; the read, on another
+    stream, waits for that copy's event before copying the host memory back."""
+    reads, writes = queues("reads", "cuda", True), queues("writes", "cuda", True)
+    for value in (3.0, 5.0):
+        src = torch.full((1 << 24,), value, device="cuda")  # 64 MB: the copy takes long enough to race
+        host = torch.empty(src.shape, pin_memory=True)
+        written = writes.submit(lambda h=host, s=src: h.copy_(s, non_blocking=True))
+        back = reads.submit(lambda h=host: h.to("cuda", non_blocking=True), after=written)
+        assert torch.equal(back.result(), src)
