@@ -14,6 +14,21 @@ TIERS = ("gpu", "cpu", "disk")  # "gpu" is the compute device; the CPU when ther
 WRITES_IN_FLIGHT = 4
 
 
+def parse_cpu_attention(value) -> float:
+    """cpu_attention as typed (a CLI flag, an lm-eval model_arg): true / false (also on / off, yes / no)
+    or the share in [0, 1] of the off-device cache attended on the CPU."""
+    named = {"true": 1.0, "on": 1.0, "yes": 1.0, "false": 0.0, "off": 0.0, "no": 0.0}
+    if isinstance(value, str) and value.strip().lower() in named:
+        return named[value.strip().lower()]
+    try:
+        share = float(value)
+    except (TypeError, ValueError):
+        share = -1.0
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"cpu_attention must be true, false or a share in [0, 1], got {value!r}")
+    return share
+
+
 def _split(name: str, value) -> tuple[float, float, float]:
     try:
         parts = tuple(float(v) for v in value)

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from flexgen_core import LLM, Policy, SamplingParams
 from flexgen_core.llm import SHARED_PREFIX_MIN
+from flexgen_core.policy import parse_cpu_attention
 from flexgen_core.prefix_sharing import alike_order
 from flexgen_eval import run_stats
 
@@ -57,7 +58,10 @@ def build_policy(percent=None, **knobs) -> Policy | None:
         if name in knobs:
             knobs[name] = _as_bool(name, knobs[name])
     if "cpu_attention" in knobs:
-        knobs["cpu_attention"] = _as_share(knobs["cpu_attention"])
+        try:
+            knobs["cpu_attention"] = parse_cpu_attention(knobs["cpu_attention"])
+        except ValueError as e:
+            raise ValueError(f"model_arg {e}") from None
     if percent is None:
         return Policy(**knobs)
     return Policy.from_percent(parse_percent(percent), **knobs)
@@ -71,21 +75,6 @@ def _as_bool(name, value) -> bool:
     if str(value).lower() in ("0", "false", "no"):
         return False
     raise ValueError(f"model_arg {name} must be true or false, got {value!r}")
-
-
-def _as_share(value) -> float:
-    """cpu_attention: true / false, or the share of the off-device cache attended on the CPU."""
-    try:
-        return float(_as_bool("cpu_attention", value))
-    except ValueError:
-        pass
-    try:
-        share = float(value)
-    except (TypeError, ValueError):
-        share = -1.0
-    if not 0.0 <= share <= 1.0:
-        raise ValueError(f"model_arg cpu_attention must be true, false or a share in [0, 1], got {value!r}")
-    return share
 
 
 def resolve_device(device):

@@ -103,3 +103,13 @@ def test_impossible_budget_names_the_tier():
 
     with pytest.raises(InfeasibleBudget, match="disk"):
         LLM.from_pretrained("opt-125m", dummy_weights=True, memory={"gpu": "1MiB", "cpu": "1MiB", "disk": "1MiB"})
+
+
+def test_cpu_attention_as_typed_is_a_share_or_one_clear_error():
+    from flexgen_core.policy import parse_cpu_attention
+
+    for text, share in (("on", 1.0), ("True", 1.0), ("off", 0.0), ("no", 0.0), ("0.25", 0.25), (1, 1.0), (False, 0.0)):
+        assert parse_cpu_attention(text) == share
+    for bad in ("1.5", "-0.1", "sometimes", None):
+        with pytest.raises(ValueError, match="cpu_attention must be true, false or a share in"):
+            parse_cpu_attention(bad)

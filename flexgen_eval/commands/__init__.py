@@ -10,3 +10,13 @@ def size_arg(text: str) -> int:
         return parse_size(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def share_arg(text: str) -> float:
+    """argparse type for --cpu-attention: on, off or a share in [0, 1]."""
+    from flexgen_core.policy import parse_cpu_attention
+
+    try:
+        return parse_cpu_attention(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e

@@ -5,7 +5,7 @@ import argparse
 import shlex
 import sys
 
-from flexgen_eval.commands import size_arg
+from flexgen_eval.commands import share_arg, size_arg
 
 
 def register(subparsers):
@@ -33,7 +33,7 @@ def register(subparsers):
                    help="'auto' (planner) or FlexGen's six --percent numbers w_gpu,w_cpu,c_gpu,c_cpu,a_gpu,a_cpu")
     p.add_argument("--gpu-batch-size", type=_positive, default=None, help="with an explicit --policy")
     p.add_argument("--num-gpu-batches", type=_positive, default=None, help="with an explicit --policy")
-    p.add_argument("--cpu-attention", type=_share, default=None, metavar="SHARE",
+    p.add_argument("--cpu-attention", type=share_arg, default=None, metavar="on|off|SHARE",
                    help="share (0-1) of the off-device cache attended on the CPU; with --policy auto it fixes "
                         "the planner's choice, with an explicit policy it defaults to 0")
     p.add_argument("--max-batch", type=_positive, default=64,
@@ -69,16 +69,6 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
-def _share(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        v = -1.0
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a share in [0, 1], got {text!r}")
     return v
 
 

@@ -1,14 +1,13 @@
 """`flexgen-eval plan`: the fastest policy for a model, a workload and a memory budget."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
 from flexgen_core.hardware import load_profile
 from flexgen_core.planner import plan_policy
 from flexgen_core.spec import ModelSpec
-from flexgen_eval.commands import size_arg
+from flexgen_eval.commands import share_arg, size_arg
 
 
 def register(subparsers):
@@ -42,16 +41,7 @@ def load_spec(name_or_dir: str) -> ModelSpec:
 
 
 def _attention_share(text: str) -> float | None:
-    named = {"auto": None, "on": 1.0, "off": 0.0}
-    if text in named:
-        return named[text]
-    try:
-        share = float(text)
-    except ValueError:
-        share = -1.0
-    if not 0.0 <= share <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected auto, on, off or a share in [0, 1], got {text!r}")
-    return share
+    return None if text == "auto" else share_arg(text)
 
 
 def run(args) -> int:
