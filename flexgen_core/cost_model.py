@@ -188,7 +188,7 @@ class BlockModel:
         out["h2d"] += off_device("w", wbytes / hw.h2d_bw)
         out["disk"] += Lin.var("w_disk", scale=wbytes / hw.disk_read_bw)
         if self.shape.compress_weight:  # dequantised on the device once per layer per block step
-            out["device"] += self.numel[kind] * (self.wb + self.dt) / hw.device_mem_bw
+            out["device"] += self._dequant(self.numel[kind])
         # activations: decoders and the head read their input, embedding and decoders write theirs
         act = self.hidden_bytes(step.new_tokens) * k
         if kind != "embed":
@@ -216,6 +216,14 @@ class BlockModel:
         rate = hw.gemm_flops_prefill if prefill else hw.gemm_flops_decode
         return max(flops / rate, numel * self.dt / hw.device_mem_bw)  # small batches read-bound
 
+    def _dequant(self, values: float) -> float:
+        """Seconds to unpack this many 4-bit values on the device: at the measured rate, else one
+        read of the packed and one write of the unpacked bytes."""
+        if self.hw.dequant_rate:
+            return values / self.hw.dequant_rate
+        return values * (compressed_bytes_per_element(self.shape.compression_bits,
+                                                      self.shape.compression_group_size) + self.dt) / self.hw.device_mem_bw
+
     def _attention(self, step: Step) -> dict:
         """Attention and the KV cache traffic of one decoder layer, all batches of the block."""
         hw, sp, k, b = self.hw, self.spec, self.k, self.b
@@ -236,7 +244,7 @@ class BlockModel:
         read_dt = self.cache_bytes(L, self.dt) * kv_read
         device_time = max(flops / hw.bmm_flops_decode, read_dt / hw.device_mem_bw)
         if self.shape.compress_cache:
-            device_time += self.cache_bytes(L, self.cb + self.dt) * kv_read / hw.device_mem_bw
+            device_time += self._dequant(self.cache_bytes(L, 1.0) * kv_read)
         old = self.cache_bytes(L - 1) * kv_read * k  # positions before this token
         new = self.cache_bytes(1) * k
         out["d2h"] += off_device("c", new / hw.d2h_cache_bw)

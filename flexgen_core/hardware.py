@@ -50,6 +50,11 @@ class HardwareProfile:
     # host time of one layer call for one GPU batch (Python, kernel launches, hand-offs), seconds:
     # what a layer costs when its device work is negligible; 0 = not charged
     layer_call_s: float = 0.0
+    # values per second the runtime's 4-bit dequantization (compression.dequantize) produces on the
+    # compute device: several elementwise passes in fp32, far below one read of the packed bytes
+    # (measured on the 2-core VM: 0.36 G values/s where memory bandwidth would give 5.8); None:
+    # device_mem_bw over the packed plus unpacked bytes (a fused kernel)
+    dequant_rate: float | None = None
     # informational: the unpinned link rates (the runtime pins what it streams)
     h2d_bw_pageable: float | None = None
     d2h_bw_pageable: float | None = None
@@ -61,7 +66,7 @@ class HardwareProfile:
             raise ValueError(f"HardwareProfile.device must be 'cuda' or 'cpu', got {self.device!r}")
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name.endswith(("_bw", "_flops", "_pageable")) and v is not None and not v > 0:
+            if f.name.endswith(("_bw", "_flops", "_pageable", "_rate")) and v is not None and not v > 0:
                 raise ValueError(f"HardwareProfile.{f.name} must be positive, got {v!r}")
         for name in ("disk_cache_op_s", "layer_call_s"):
             if not getattr(self, name) >= 0:
@@ -108,6 +113,8 @@ class HardwareProfile:
             ("CPU memory", gbs(self.cpu_mem_bw)),
             ("CPU attention (cache bytes)", gbs(self.cpu_attn_bw) if self.cpu_attn_bw else "= CPU memory"),
             ("host time per layer call", f"{self.layer_call_s * 1e3:.3f} ms"),
+            ("4-bit dequantization", f"{self.dequant_rate / 1e9:.3g} G values/s" if self.dequant_rate
+             else "= device memory"),
         ]
         width = max(len(k) for k, _ in rows)
         lines = [f"hardware profile {self.name!r} ({self.source})"]
@@ -240,6 +247,7 @@ def measure_profile(offload_dir: str, device: str | None = None, *, link_bytes: 
         bmm_flops_decode=_bmm_rate(dev, dtype, *bmm_d, timeit),
         device_mem_bw=_read_bw(dev, dtype, 256 << 20, timeit),
         gemv_bw=_gemv_bw(dev, dtype, 8192 if device == "cuda" else 4096, timeit),
+        dequant_rate=_dequant_rate(dev, dtype, 8192 if device == "cuda" else 4096, timeit),
     )
     disk["disk_cache_op_s"] = _disk_cache_op_s(offload_dir)
     cpu = torch.device("cpu")
@@ -411,6 +419,17 @@ def _cpu_attention_bw(dtype, timeit, rows: int = 512, length: int = 512, d: int 
     valid = torch.ones(rows, length, dtype=torch.bool)
     nbytes = 2 * rows * length * d * k.element_size()
     return nbytes / timeit(lambda: cpu_decode_attention_rows(q, k, v, valid))
+
+
+def _dequant_rate(dev, dtype, n: int, timeit) -> float:
+    """Values per second of the runtime's own 4-bit group-wise dequantization of an n x n matrix."""
+    import torch
+
+    from .compression import QuantConfig, dequantize, quantize
+
+    cfg = QuantConfig(4, 64)
+    packed = quantize(torch.randn(n, n, device=dev), cfg)
+    return n * n / timeit(lambda: dequantize(packed, n, cfg, dtype))
 
 
 def _layer_call_s(device: str, offload_dir: str, steps: int = 8) -> float:

@@ -196,3 +196,23 @@ def test_cpu_attention_is_charged_at_the_kernels_measured_rate():
     extra = estimate(OPT30, many_small, 512, 32, calls).total_time - estimate(OPT30, many_small, 512, 32, T4).total_time
     layer_calls = 32 * 50 * 8  # (1 prefill + 31 decode steps) x (embedding, 48 decoders, head) x 8 batches
     assert extra == pytest.approx(layer_calls * 1e-3)
+
+
+def test_dequantization_is_charged_at_the_measured_rate():
+    """With a measured dequantization rate, every 4-bit value the device unpacks costs 1 / rate:
+    with overlap off, the decode time grows by exactly the weights unpacked each block step and the
+    cache values unpacked each decode step. Uncompressed policies do not change."""
+    from dataclasses import replace
+
+    fast, slow = replace(T4, dequant_rate=1e12), replace(T4, dequant_rate=1e10)
+    both = Policy(weights=(50, 50, 0), cache=(0, 100, 0), gpu_batch_size=8, num_gpu_batches=2, overlap=False,
+                  compress_weight=True, compress_cache=True)
+    s, n = 512, 32
+    extra = estimate(OPT30, both, s, n, slow).decode_time - estimate(OPT30, both, s, n, fast).decode_time
+    weights = sum(layer_numels(OPT30)[i] * c for i, c in ((0, 1), (1, OPT30.num_layers), (2, 1)))
+    kv = 2 * OPT30.num_kv_heads * OPT30.head_dim * OPT30.num_layers * 8 * 2  # per position, whole block
+    cache = sum(kv * (s + t) for t in range(1, n))  # decode step t attends s + t positions
+    values = weights * (n - 1) + cache
+    assert extra == pytest.approx(values * (1 / 1e10 - 1 / 1e12), rel=1e-6)
+    plain = both.with_(compress_weight=False, compress_cache=False)
+    assert estimate(OPT30, plain, s, n, slow).total_time == pytest.approx(estimate(OPT30, plain, s, n, fast).total_time)

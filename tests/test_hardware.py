@@ -64,7 +64,7 @@ def test_measure_profile_on_cpu_is_complete_and_cleans_up(tmp_path):
         v = getattr(hw, f.name)
         if f.name.endswith(("_bw", "_flops")) and f.name != "cpu_attn_bw":
             assert v > 0, f.name
-    assert hw.disk_cache_op_s > 0
+    assert hw.disk_cache_op_s > 0 and hw.dequant_rate > 0
     # a CPU device has no separate CPU attention, and its layer calls are part of its measured rates
     assert hw.cpu_attn_bw is None and hw.layer_call_s == 0
     assert "O_DIRECT" in hw.source or "fadvise" in hw.source
