@@ -3,7 +3,7 @@
 # weights), with the GPU capped to 16 GiB (torch.cuda.set_per_process_memory_fraction) to stand in for
 # the paper's T4. Needs no network. Writes JSON + PNG per model under $OUT (default results/bench/gpu).
 #
-#   bash scripts/gpu_bench.sh [--dry-run] [--models "opt-6.7b opt-30b"] [--systems flexgen,flexgen-0.1.8,accelerate]
+#   bash scripts/gpu_bench.sh [--dry-run] [--models "opt-6.7b opt-30b"] [--systems flexgen,flexgen-0.1.8,accelerate[,flexgen-c]]
 #                             [--cut-gen-len 4] [--repeat 1] [--out DIR] [--wheel flexgen-0.1.8-py3-none-any.whl]
 #
 # Time: must finish within 8 minutes on one H100/H200, so every system runs prompt 512 / gen 32 with

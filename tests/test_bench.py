@@ -328,3 +328,34 @@ def test_report_judges_each_device_by_its_own_targets():
     assert (target_for("accelerate", cpu), target_for("hf", cpu)) == (1.5, 1.0)
     assert (target_for("accelerate", gpu), target_for("flexgen-0.1.8", gpu)) == (20.0, 1.5)
     assert target_for("accelerate", {"device": "cuda", "model": "opt-6.7b"}) is None
+
+
+def test_compressed_ours_runs_beside_the_exact_one(tiny_opt_dir, tmp_path, monkeypatch):
+    """`flexgen-c` (the paper's FlexGen (c)) is planned and built with 4-bit weights and cache, is
+    compared with the baselines on its own, and leaves the exact system's plan and ratios alone."""
+    from flexgen_eval.bench import report, systems
+
+    built, real = {}, systems.Ours.__init__
+
+    def recorded(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        built[self.name] = (self.llm.policy.compress_weight, self.llm.policy.compress_cache)
+
+    monkeypatch.setattr(systems.Ours, "__init__", recorded)
+    cfg = runner.BenchConfig(model=tiny_opt_dir, prompt_len=12, gen_len=3, gpu_mem="300KB", cpu_mem="300KB",
+                             disk="1GB", systems=("flexgen", "flexgen-c", "accelerate"), max_batch=4, repeat=1,
+                             hardware="cpu", offload_dir=str(tmp_path / "off"), out=str(tmp_path / "c.json"),
+                             alternate=False)
+    res = runner.Bench(cfg, log=lambda *_: None).run()
+    assert built == {"flexgen": (False, False), "flexgen-c": (True, True)}
+    rows = {r["system"]: r for r in res["systems"]}
+    assert not res["plan"]["policy"]["compress_weight"] and not res["plan"]["policy"]["compress_cache"]
+    assert rows["flexgen-c"]["plan"]["policy"]["compress_weight"] and rows["flexgen-c"]["plan"]["policy"]["compress_cache"]
+    assert set(res["ratios"]) == {"flexgen_vs_accelerate", "flexgen-c_vs_accelerate"}
+    for name in ("flexgen", "flexgen-c"):
+        assert rows[name]["throughput_tokens_per_s"] > 0 and rows[name]["percent_of_predicted"] > 0
+        assert res["ratios"][f"{name}_vs_accelerate"] == pytest.approx(
+            rows[name]["throughput_tokens_per_s"] / rows["accelerate"]["throughput_tokens_per_s"])
+    assert "| flexgen-c |" in runner.table(res)
+    assert "flexgen-c: " in report.summary([("c.json", res)])
+    assert runner.resummarize(json.loads(json.dumps(res)))["ratios"] == pytest.approx(res["ratios"])

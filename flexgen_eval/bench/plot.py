@@ -1,7 +1,9 @@
 """Throughput vs latency, one point per system and batch (the shape of the paper's Figure 1)."""
 from __future__ import annotations
 
-MARKERS = {"flexgen": ("o", "tab:red"), "accelerate": ("s", "tab:blue"), "hf": ("^", "tab:green"),
+from .runner import OURS
+
+MARKERS = {"flexgen": ("o", "tab:red"), "flexgen-c": ("*", "tab:orange"), "accelerate": ("s", "tab:blue"), "hf": ("^", "tab:green"),
            "flexgen-0.1.8": ("D", "tab:purple")}
 
 
@@ -24,11 +26,12 @@ def plot_run(results: list[dict], path: str, title: str | None = None) -> str:
                        zorder=3)
             ax.annotate(f"b={r['batch']}", (r["latency_s"], r["throughput_tokens_per_s"]),
                         textcoords="offset points", xytext=(6, 4), fontsize=8)
-        ours = next((r for r in res["systems"] if r["system"] == "flexgen"), None)
-        if ours and ours.get("io_bound_throughput_tokens_per_s"):
-            ax.axhline(ours["io_bound_throughput_tokens_per_s"], color="tab:red", ls=":", lw=1,
-                       label="ours: I/O bound (cost model)" if "io" not in seen else None)
-            seen.add("io")
+        for ours in res["systems"]:
+            if ours["system"] in OURS and ours.get("io_bound_throughput_tokens_per_s"):
+                name, color = ours["system"], MARKERS[ours["system"]][1]
+                ax.axhline(ours["io_bound_throughput_tokens_per_s"], color=color, ls=":", lw=1,
+                           label=f"{name}: I/O bound (cost model)" if "io " + name not in seen else None)
+                seen.add("io " + name)
     xs = [r["latency_s"] for res in results for r in res["systems"] if r.get("throughput_tokens_per_s")]
     ys = [r["throughput_tokens_per_s"] for res in results for r in res["systems"] if r.get("throughput_tokens_per_s")]
     ys += [ln.get_ydata()[0] for ln in ax.get_lines()]

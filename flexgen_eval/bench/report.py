@@ -10,7 +10,7 @@ import sys
 
 from flexgen_core.sizes import format_size
 
-from .runner import table
+from .runner import OURS, table
 
 
 def section(result: dict, path: str) -> str:
@@ -40,11 +40,12 @@ def section(result: dict, path: str) -> str:
     ]
     for k, v in result.get("ratios", {}).items():
         lines.append(f"- **{k.replace('_vs_', ' vs ')}: {v:.2f}x**")
-    ours = next((r for r in result["systems"] if r["system"] == "flexgen"), {})
-    if ours.get("throughput_tokens_per_s"):
+    for ours in result["systems"]:
+        if ours["system"] not in OURS or not ours.get("throughput_tokens_per_s"):
+            continue
         io = ours.get("percent_of_io_bound")
-        lines.append(f"- ours vs the cost model (measured profile): {ours['percent_of_predicted']:.0f}% of the "
-                     f"predicted {ours['predicted_throughput_tokens_per_s']:.3g} token/s"
+        lines.append(f"- {ours['system']} vs the cost model (measured profile): {ours['percent_of_predicted']:.0f}% of "
+                     f"the predicted {ours['predicted_throughput_tokens_per_s']:.3g} token/s"
                      + (f", {io:.0f}% of the I/O bound {ours['io_bound_throughput_tokens_per_s']:.3g} token/s"
                         if io is not None else " (nothing streamed: no I/O bound)"))
     return "\n".join(lines) + "\n"
@@ -61,12 +62,11 @@ def target_for(baseline: str, res: dict) -> float | None:
 
 
 def summary(results: list[tuple[str, dict]]) -> str:
-    """One row per (run, baseline): the ratio and the issue's target for it."""
+    """One row per (run, one of our systems, baseline): the ratio and the issue's target for it."""
     lines = ["| run | model | workload | budget (gpu + cpu) | ours: batch, weights on disk, token/s | baseline: batch, "
              "weights on disk, token/s | ours / baseline | target |", "|---" * 8 + "|"]
     for path, res in results:
         rows = {r["system"]: r for r in res["systems"]}
-        ours = rows.get("flexgen", {})
         b = res["budget_bytes"]
         work = f"{res['prompt_len']} + {res['gen_len']}"
         if res.get("cut_gen_len") and res["cut_gen_len"] < res["gen_len"]:
@@ -78,20 +78,23 @@ def summary(results: list[tuple[str, dict]]) -> str:
             disk = (r.get("weights_percent") or {}).get("disk", 0)
             return f"{r['batch']}, {disk:g}%, {r['throughput_tokens_per_s']:.3g}"
 
-        for name, r in rows.items():
-            if name == "flexgen":
+        for ours_name, ours in rows.items():
+            if ours_name not in OURS:
                 continue
-            ratio = res.get("ratios", {}).get(f"flexgen_vs_{name}")
-            target = target_for(name, res)
-            verdict = "-" if ratio is None or target is None else (
-                f">= {target:g}x: {'met' if ratio >= target else 'missed'}")
-            capped = res.get("max_batch") and r.get("batch") == ours.get("batch") == res["max_batch"]
-            if name == "accelerate" and capped and ratio is not None:
-                # the target is for each system at its best batch; a shared cap is neither's
-                verdict = f"- (both at the --max-batch cap {res['max_batch']}: equal batch, not best batch)"
-            lines.append(f"| {os.path.splitext(os.path.basename(path))[0]} | {res['model']} | {work} | "
-                         f"{format_size(b['gpu'])} + {format_size(b['cpu'])} | {cell(ours)} | {name}: {cell(r)} | "
-                         f"{'-' if ratio is None else f'**{ratio:.2f}x**'} | {verdict} |")
+            for name, r in rows.items():
+                if name in OURS:
+                    continue
+                ratio = res.get("ratios", {}).get(f"{ours_name}_vs_{name}")
+                target = target_for(name, res)
+                verdict = "-" if ratio is None or target is None else (
+                    f">= {target:g}x: {'met' if ratio >= target else 'missed'}")
+                capped = res.get("max_batch") and r.get("batch") == ours.get("batch") == res["max_batch"]
+                if name == "accelerate" and capped and ratio is not None:
+                    # the target is for each system at its best batch; a shared cap is neither's
+                    verdict = f"- (both at the --max-batch cap {res['max_batch']}: equal batch, not best batch)"
+                lines.append(f"| {os.path.splitext(os.path.basename(path))[0]} | {res['model']} | {work} | "
+                             f"{format_size(b['gpu'])} + {format_size(b['cpu'])} | {ours_name}: {cell(ours)} | "
+                             f"{name}: {cell(r)} | {'-' if ratio is None else f'**{ratio:.2f}x**'} | {verdict} |")
     return "\n".join(lines) + "\n"
 
 

@@ -32,7 +32,11 @@ from flexgen_core.sizes import format_size, parse_size
 
 from . import hf_models, search, systems
 
-ALL_SYSTEMS = ("flexgen", "accelerate", "hf", "flexgen-0.1.8")
+# Ours as two systems: exact (the compute dtype end to end, what every parity test checks) and, as the
+# paper's "FlexGen (c)", with 4-bit group-wise weights and KV cache: lossy, so reported beside the
+# exact one, never instead of it. Name -> compressed.
+OURS = {"flexgen": False, "flexgen-c": True}
+ALL_SYSTEMS = ("flexgen", "flexgen-c", "accelerate", "hf", "flexgen-0.1.8")
 
 
 @dataclass
@@ -138,6 +142,17 @@ class Entry:
     system: object = None
 
 
+@dataclass
+class OursPlan:
+    """How one of our systems runs: its policy, the planner's plan (None for a given policy) and the
+    cost model's estimate of it on the run's hardware profile."""
+
+    policy: Policy
+    plan: object
+    estimate: object
+    how: str
+
+
 class Bench:
     def __init__(self, cfg: BenchConfig, log=print):
         cfg.validate()
@@ -155,9 +170,20 @@ class Bench:
         self.budget = self._budget()
         self.alternate = cfg.alternate if cfg.alternate is not None else self.device.type == "cpu"
         self.entries: dict[str, Entry] = {}
-        self.plan = None
-        self.estimate = None
+        self.ours: dict[str, OursPlan] = {}  # "flexgen" always (it sizes HF generate's batch too)
         self.profile = None
+
+    @property
+    def plan(self):
+        return self.ours["flexgen"].plan if "flexgen" in self.ours else None
+
+    @property
+    def policy(self):
+        return self.ours["flexgen"].policy
+
+    @property
+    def estimate(self):
+        return self.ours["flexgen"].estimate if "flexgen" in self.ours else None
 
     # -- setup ------------------------------------------------------------------------------
     def _budget(self) -> search.Budget:
@@ -186,27 +212,38 @@ class Bench:
         self.log(f"measuring the hardware profile on {self.offload_dir} ...")
         return measure_profile(self.offload_dir, self.device.type, name="measured")
 
-    def choose(self):
-        """Every system's batch under the budget (no model is loaded)."""
+    def _plan_ours(self, compressed: bool) -> OursPlan:
         cfg, spec = self.cfg, self.spec
-        self.profile = self._profile()
         from flexgen_core.cost_model import estimate
         from flexgen_core.planner import plan_policy
 
         if cfg.policy == "auto":
-            self.plan = plan_policy(spec, cfg.prompt_len, cfg.gen_len, self.budget.planner_memory(), self.profile,
-                                    dtype_bytes=self.dt, max_block_size=cfg.max_batch,
-                                    cpu_attention=cfg.cpu_attention)
-            policy, how = self.plan.policy, f"planner (max block {cfg.max_batch}); binding: {self.plan.binding}"
+            plan = plan_policy(spec, cfg.prompt_len, cfg.gen_len, self.budget.planner_memory(), self.profile,
+                               dtype_bytes=self.dt, max_block_size=cfg.max_batch, cpu_attention=cfg.cpu_attention,
+                               compress_weight=compressed, compress_cache=compressed)
+            policy, how = plan.policy, f"planner (max block {cfg.max_batch}); binding: {plan.binding}"
         else:
+            plan = None
             policy = percent_policy(cfg.policy, cfg.gpu_batch_size or 8, cfg.num_gpu_batches or 1)
-            policy = policy.with_(cpu_attention=cfg.cpu_attention or 0.0)
+            policy = policy.with_(cpu_attention=cfg.cpu_attention or 0.0, compress_weight=compressed,
+                                  compress_cache=compressed)
             how = "given policy"
-        self.policy = policy
-        self.estimate = estimate(spec, policy, cfg.prompt_len, cfg.gen_len, self.profile, self.dt)
-        if "flexgen" in cfg.systems:
-            self.entries["flexgen"] = Entry("flexgen", policy.block_size, how, details={
-                "policy": policy.describe(), "weights_percent": dict(zip(("gpu", "cpu", "disk"), policy.weights))})
+        est = estimate(spec, policy, cfg.prompt_len, cfg.gen_len, self.profile, self.dt)
+        return OursPlan(policy, plan, est, how)
+
+    def choose(self):
+        """Every system's batch under the budget (no model is loaded)."""
+        cfg, spec = self.cfg, self.spec
+        self.profile = self._profile()
+        self.ours = {"flexgen": self._plan_ours(False)}
+        if "flexgen-c" in cfg.systems:
+            self.ours["flexgen-c"] = self._plan_ours(True)
+        for name, o in self.ours.items():
+            if name in cfg.systems:
+                self.entries[name] = Entry(name, o.policy.block_size, o.how, details={
+                    "policy": o.policy.describe(),
+                    "weights_percent": dict(zip(("gpu", "cpu", "disk"), o.policy.weights))})
+        policy = self.policy
         if "accelerate" in cfg.systems:
             c = search.choose_accelerate(spec, self.budget, cfg.prompt_len, cfg.gen_len, self.dt, cfg.max_batch)
             e = Entry("accelerate", c.batch, c.rule, details={"max_memory": c.max_memory, "tried": c.tried})
@@ -235,8 +272,9 @@ class Bench:
             self.entries["flexgen-0.1.8"] = e
         for e in self.entries.values():
             self.log(f"  {e.name:14s} batch {e.batch}  ({e.how})" + (f"  SKIPPED: {e.skipped}" if e.skipped else ""))
-        if self.plan is not None:
-            self.log("\n".join("  " + line for line in self.plan.describe().splitlines()))
+        for name, o in self.ours.items():
+            if o.plan is not None and (name in cfg.systems or name == "flexgen"):
+                self.log("\n".join("  " + line for line in o.plan.describe().splitlines()))
 
     # -- building and running ------------------------------------------------------------------
     def _hf_checkpoint(self) -> str | None:
@@ -253,9 +291,10 @@ class Bench:
     def _build(self, e: Entry):
         cfg, pad = self.cfg, self.spec.pad_token_id if self.spec.pad_token_id is not None else 0
         t0 = time.perf_counter()
-        if e.name == "flexgen":
-            e.system = systems.Ours(self.path or cfg.model, cfg.dummy_weights, self.policy, self.budget.planner_memory(),
-                                    self.device.type, self.dtype, self.offload_dir)
+        if e.name in OURS:
+            e.system = systems.Ours(self.path or cfg.model, cfg.dummy_weights, self.ours[e.name].policy,
+                                    self.budget.planner_memory(), self.device.type, self.dtype, self.offload_dir,
+                                    name=e.name)
         elif e.name == "accelerate":
             e.system = systems.AccelerateOffload(self.spec, self._hf_checkpoint(), e.batch, e.details["max_memory"],
                                                  self.dtype, self.device.type, self.offload_dir, pad,
@@ -413,19 +452,15 @@ class Bench:
     def result(self, started, dry_run=False, partial=False) -> dict:
         cfg = self.cfg
         rows = [self._summary(e) for e in self.entries.values()]
-        by = {r["system"]: r for r in rows}
-        ours = by.get("flexgen", {})
-        ratios = {}
-        if ours.get("throughput_tokens_per_s"):
-            for r in rows:
-                if r["system"] != "flexgen" and r.get("throughput_tokens_per_s"):
-                    ratios[f"flexgen_vs_{r['system']}"] = ours["throughput_tokens_per_s"] / r["throughput_tokens_per_s"]
-            est = self.estimate
-            ours["predicted_throughput_tokens_per_s"] = est.throughput
-            ours["io_bound_throughput_tokens_per_s"] = est.io_bound_throughput if est.io_time > 0 else None
-            ours["percent_of_predicted"] = 100 * ours["throughput_tokens_per_s"] / est.throughput
-            if est.io_time > 0:
-                ours["percent_of_io_bound"] = 100 * ours["throughput_tokens_per_s"] / est.io_bound_throughput
+        for r in rows:
+            if r["system"] in self.ours and r.get("throughput_tokens_per_s"):
+                est = self.ours[r["system"]].estimate
+                r["predicted_throughput_tokens_per_s"] = est.throughput
+                r["io_bound_throughput_tokens_per_s"] = est.io_bound_throughput if est.io_time > 0 else None
+                if r["system"] != "flexgen":  # the exact system's are the run's top-level plan and estimate
+                    plan = self.ours[r["system"]].plan
+                    r["plan"], r["estimate"] = plan.to_dict() if plan else None, est.to_dict()
+        ratios = ratios_of(rows)
         weights_total = hf_models.weight_bytes(self.spec, self.dt)
         return {
             "model": self.spec.name, "checkpoint": self.path or "dummy weights (built-in config)",
@@ -473,19 +508,29 @@ def resummarize(result: dict) -> dict:
     """Recompute the timing fields and ratios of a saved result from its raw seconds (for results
     written before a change of `timing`)."""
     n_run = result.get("cut_gen_len") or result["gen_len"]
-    rows = {r["system"]: r for r in result["systems"]}
     for r in result["systems"]:
         if r.get("run_seconds"):
             r.update(timing(r["system"], r["batch"], r["prefill_seconds"], r["run_seconds"], result["gen_len"], n_run))
-    ours = rows.get("flexgen", {})
-    if ours.get("throughput_tokens_per_s"):
-        tp = ours["throughput_tokens_per_s"]
-        result["ratios"] = {f"flexgen_vs_{r['system']}": tp / r["throughput_tokens_per_s"]
-                            for r in result["systems"] if r["system"] != "flexgen" and r.get("throughput_tokens_per_s")}
-        ours["percent_of_predicted"] = 100 * tp / ours["predicted_throughput_tokens_per_s"]
+    result["ratios"] = ratios_of(result["systems"])
+    return result
+
+
+def ratios_of(rows: list[dict]) -> dict:
+    """Each of our systems' throughput over each baseline's (ours_vs_baseline), and each of ours as a
+    percentage of its cost model's prediction and I/O bound (set on its row)."""
+    ratios = {}
+    for ours in rows:
+        tp = ours.get("throughput_tokens_per_s")
+        if ours["system"] not in OURS or not tp:
+            continue
+        for r in rows:
+            if r["system"] not in OURS and r.get("throughput_tokens_per_s"):
+                ratios[f"{ours['system']}_vs_{r['system']}"] = tp / r["throughput_tokens_per_s"]
+        if ours.get("predicted_throughput_tokens_per_s"):
+            ours["percent_of_predicted"] = 100 * tp / ours["predicted_throughput_tokens_per_s"]
         if ours.get("io_bound_throughput_tokens_per_s"):
             ours["percent_of_io_bound"] = 100 * tp / ours["io_bound_throughput_tokens_per_s"]
-    return result
+    return ratios
 
 
 def _free_disk(path: str) -> int:
@@ -497,24 +542,29 @@ def table(result: dict) -> str:
     """Markdown rows for one run."""
     lines = ["| system | batch | throughput (tok/s) | prefill (s) | decode (s) | ours vs it | weights % gpu/cpu/disk "
              "| peak memory gpu / cpu / disk | read from disk per run | notes |", "|---" * 10 + "|"]
-    ours = next((r for r in result["systems"] if r["system"] == "flexgen"), {})
+    ours = [r for r in result["systems"] if r["system"] in OURS and r.get("throughput_tokens_per_s")]
     for r in result["systems"]:
         if r.get("skipped") or "throughput_tokens_per_s" not in r:
             lines.append(f"| {r['system']} | {r.get('batch') or '-'} | - | - | - | - | - | - | - | "
                          f"{r.get('skipped') or 'not run'} |")
             continue
         tp = r["throughput_tokens_per_s"]
-        vs = "1.00x" if r["system"] == "flexgen" else (
-            f"{ours['throughput_tokens_per_s'] / tp:.2f}x" if ours.get("throughput_tokens_per_s") else "-")
+        if r["system"] in OURS:
+            vs = "-"
+        elif len(ours) == 1:
+            vs = f"{ours[0]['throughput_tokens_per_s'] / tp:.2f}x"
+        else:
+            vs = ", ".join(f"{o['system']} {o['throughput_tokens_per_s'] / tp:.2f}x" for o in ours) or "-"
         mem = r.get("peak_memory_bytes") or {}
         peak = " / ".join(format_size(mem.get(t, 0)) for t in ("gpu", "cpu", "disk"))
         wp = r.get("weights_percent", {})
         w = "/".join(f"{wp.get(t, 0):g}" for t in ("gpu", "cpu", "disk")) if wp else ""
-        if r["system"] == "flexgen":
+        if r["system"] in OURS:
             note = r.get("policy", "")
             if r.get("percent_of_io_bound") is not None:
                 note += f"; {r['percent_of_io_bound']:.0f}% of I/O bound"
-            note += f"; {r['percent_of_predicted']:.0f}% of predicted"
+            if r.get("percent_of_predicted") is not None:
+                note += f"; {r['percent_of_predicted']:.0f}% of predicted"
         elif r["system"] == "accelerate":
             note = r.get("disk_reads", "")
         elif r["system"] == "hf":

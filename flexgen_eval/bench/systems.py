@@ -1,7 +1,8 @@
 """The systems a benchmark compares. Each one loads a model under the run's memory budget at one
 batch size, generates exactly `n` tokens for a list of equal-length prompts, and reports its memory.
 
-- Ours (`flexgen`): flexgen_core.LLM with the planner's policy (or a given one).
+- Ours (`flexgen`): flexgen_core.LLM with the planner's policy (or a given one); `flexgen-c` the same
+  with 4-bit group-wise weights and KV cache (the paper's "FlexGen (c)"; lossy).
 - `accelerate`: HF `from_pretrained(device_map=..., offload_folder=...)` with the device map from
   accelerate's `infer_auto_device_map(max_memory=...)`; weights that do not fit the budget go to disk
   and are reloaded by accelerate's hooks at every forward.
@@ -53,8 +54,8 @@ class Ours(System):
     name = "flexgen"
 
     def __init__(self, model: str, dummy: bool, policy, memory: dict, device: str, dtype: torch.dtype,
-                 offload_dir: str):
-        self.policy = policy
+                 offload_dir: str, name: str = "flexgen"):
+        self.name, self.policy = name, policy
         self.llm = LLM.from_pretrained(model, policy=policy, device=device, dtype=dtype, offload_dir=offload_dir,
                                        dummy_weights=dummy, memory=memory)
         self.batch = policy.block_size

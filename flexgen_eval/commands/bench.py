@@ -28,7 +28,8 @@ def register(subparsers):
         p.add_argument(flag, dest=f"{tier}_mem", type=size_arg, default=None,
                        help=f"{tier} budget, e.g. 16GiB, 1.5GB (on a CPU-only machine gpu + cpu are both RAM)")
     p.add_argument("--systems", default="flexgen,accelerate,hf",
-                   help="comma-separated: flexgen (ours), accelerate, hf, flexgen-0.1.8")
+                   help="comma-separated: flexgen (ours), flexgen-c (ours with 4-bit weights and KV cache, the "
+                        "paper's FlexGen (c); lossy), accelerate, hf, flexgen-0.1.8")
     p.add_argument("--policy", default="auto",
                    help="'auto' (planner) or FlexGen's six --percent numbers w_gpu,w_cpu,c_gpu,c_cpu,a_gpu,a_cpu")
     p.add_argument("--gpu-batch-size", type=_positive, default=None, help="with an explicit --policy")
@@ -100,6 +101,7 @@ def _command_line(args) -> str:
 
 def run(args) -> int:
     from flexgen_eval.bench import main_run, save, table
+    from flexgen_eval.bench.runner import OURS
 
     cfg = config_from_args(args)
     if not cfg.command:
@@ -107,9 +109,9 @@ def run(args) -> int:
     result = main_run(cfg)
     print(table(result))
     for r in result["systems"]:
-        if r.get("system") == "flexgen" and r.get("throughput_tokens_per_s"):
+        if r.get("system") in OURS and r.get("throughput_tokens_per_s"):
             io = r.get("percent_of_io_bound")
-            print(f"ours: {r['throughput_tokens_per_s']:.3g} token/s = {r['percent_of_predicted']:.0f}% of predicted "
+            print(f"{r['system']}: {r['throughput_tokens_per_s']:.3g} token/s = {r['percent_of_predicted']:.0f}% of predicted "
                   f"{r['predicted_throughput_tokens_per_s']:.3g}"
                   + (f", {io:.0f}% of the I/O bound {r['io_bound_throughput_tokens_per_s']:.3g}" if io else ""))
     for k, v in result["ratios"].items():
