@@ -6,6 +6,7 @@ byte at 4 bits. A group with max == min stores step 0 and decodes to its minimum
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -69,15 +70,27 @@ def quantize(x: torch.Tensor, cfg: QuantConfig) -> torch.Tensor:
 CPU_BLOCK_ELEMENTS = 1 << 20
 
 
-def dequantize(packed: torch.Tensor, n: int, cfg: QuantConfig, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 [..., packed_bytes(n)] -> [..., n] of dtype."""
-    lead = packed.shape[:-1]
-    flat = packed.reshape(-1, packed.shape[-1])
-    out = torch.empty((flat.shape[0], n), dtype=dtype, device=packed.device)
-    step = flat.shape[0] if packed.device.type != "cpu" else max(1, CPU_BLOCK_ELEMENTS // max(n, 1))
-    for r in range(0, flat.shape[0], max(step, 1)):
-        out[r:r + step] = _dequantize_rows(flat[r:r + step], n, cfg)  # the copy rounds to dtype once
-    return out.reshape(*lead, n)
+def dequantize(packed: torch.Tensor, n: int, cfg: QuantConfig, dtype: torch.dtype,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 [..., packed_bytes(n)] -> [..., n] of dtype; into `out` (that shape, any strides) if given,
+    which saves a copy when the values land in part of a larger buffer."""
+    shape = (*packed.shape[:-1], n)
+    if out is None:
+        out = torch.empty(shape, dtype=dtype, device=packed.device)
+    elif tuple(out.shape) != shape:
+        raise ValueError(f"dequantize: out has shape {tuple(out.shape)}, expected {shape}")
+    if packed.dim() == 1:
+        packed, dest = packed[None], out[None]
+    else:
+        dest = out
+    # blocks along the first dimension, so each block's values go straight to their place in `out`
+    per_item = max(1, math.prod(packed.shape[1:-1]) * n)
+    step = packed.shape[0] if packed.device.type != "cpu" else max(1, CPU_BLOCK_ELEMENTS // per_item)
+    for r in range(0, packed.shape[0], step):
+        block = packed[r:r + step]
+        values = _dequantize_rows(block.reshape(-1, block.shape[-1]), n, cfg)
+        dest[r:r + step] = values.view(*block.shape[:-1], n)  # the copy rounds to dtype once
+    return out
 
 
 def _dequantize_rows(packed: torch.Tensor, n: int, cfg: QuantConfig) -> torch.Tensor:

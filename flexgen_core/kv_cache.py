@@ -102,7 +102,8 @@ class BlockCache:
             return buf.read_part(part, slice(0, t + 1), to=where, rows=rows)
         dev = self.tiers.device if where == "gpu" else torch.device("cpu")
         out = torch.empty((rows.stop - rows.start, t + 1, self.head_dim), dtype=self.dtype, device=dev)
-        out[:, :t] = self.decode(buf.read_part(part, slice(0, t), to=where, rows=rows))
+        dequantize(buf.read_part(part, slice(0, t), to=where, rows=rows), self.head_dim, self.quant, self.dtype,
+                   out=out[:, :t])
         return out
 
     def gather_values(self, j: int, k: int, seg: Segment, positions: torch.Tensor, t: int,

@@ -34,6 +34,24 @@ def test_constant_and_tiny_groups_are_exact_or_finite():
     assert torch.isfinite(out).all() and (out - tiny).abs().max() < 1e-3
 
 
+def test_blocked_dequantization_matches_one_pass_and_fills_a_strided_destination(monkeypatch):
+    """On a CPU rows are dequantized a block at a time; the values are the same bits as one pass
+    over the whole tensor, and `out` may be part of a larger buffer (the cache's expanded copy)."""
+    import flexgen_core.compression as compression
+
+    cfg = QuantConfig(4, 64)
+    x = torch.randn(6, 9, 130) * 3
+    packed = quantize(x, cfg)
+    whole = dequantize(packed, 130, cfg, torch.float16)
+    monkeypatch.setattr(compression, "CPU_BLOCK_ELEMENTS", 1000)  # blocks of one row of 9 x 130 values
+    assert torch.equal(dequantize(packed, 130, cfg, torch.float16), whole)
+    big = torch.full((6, 10, 130), 7.0, dtype=torch.float16)
+    dequantize(packed, 130, cfg, torch.float16, out=big[:, :9])
+    assert torch.equal(big[:, :9], whole) and bool((big[:, 9] == 7).all())
+    with pytest.raises(ValueError, match="shape"):
+        dequantize(packed, 130, cfg, torch.float16, out=big)
+
+
 def test_packed_size_is_the_theoretical_size():
     # 4-bit, groups of 64, fp16 minimum and step: 0.5 + 4/64 bytes per value
     assert QuantConfig(4, 64).packed_bytes(4096) == 4096 * (0.5 + 4 / 64)
