@@ -38,36 +38,26 @@ class QuantConfig:
         return g * self.group_size * self.bits // 8 + g * 2 * STATS_DTYPE.itemsize
 
 
+# Tensors are (de)quantized a block of rows at a time, about this many values each: it bounds the
+# fp32 temporaries (~9 bytes per value of a block) where a whole OPT-30B prompt cache batch (~0.5 G
+# values) would need several GB of scratch on the GPU, and on a CPU a block stays in cache
+# (dequantization 2.4x faster on a 4096 x 4096 matrix, 2 cores).
+BLOCK_VALUES = {"cpu": 1 << 20, "cuda": 1 << 24}
+SCRATCH_BYTES_PER_VALUE = 9
+
+
+def scratch_bytes(device_type: str, values: float) -> float:
+    """Temporary memory a (de)quantization of at most `values` values holds on a device."""
+    return min(values, BLOCK_VALUES.get(device_type, BLOCK_VALUES["cuda"])) * SCRATCH_BYTES_PER_VALUE
+
+
 def quantize(x: torch.Tensor, cfg: QuantConfig) -> torch.Tensor:
     """[..., n] -> uint8 [..., packed_bytes(n)] (codes, then minimums, then steps)."""
-    n, gs = x.shape[-1], cfg.group_size
-    lead = x.shape[:-1]
-    g = cfg.groups(n)
-    xf = x.float()
-    if g * gs != n:  # pad with the row's last value so padding never widens a group's range
-        xf = torch.cat([xf, xf[..., -1:].expand(*lead, g * gs - n)], dim=-1)
-    groups = xf.reshape(*lead, g, gs)
-    lo = groups.amin(-1).to(STATS_DTYPE)
-    hi = groups.amax(-1)
-    # Round the stored minimum down and the step up, so fp16 storage cannot push
-    # a value outside the representable range of its group.
-    lo = torch.where(lo.float() > groups.amin(-1), torch.nextafter(lo, torch.full_like(lo, -torch.inf)), lo)
-    step = ((hi - lo.float()) / cfg.levels).to(STATS_DTYPE)
-    step = torch.where(step.float() * cfg.levels < hi - lo.float(),
-                       torch.nextafter(step, torch.full_like(step, torch.inf)), step)
-    safe = torch.where(step > 0, step.float(), torch.ones_like(step, dtype=torch.float32))
-    codes = torch.round((groups - lo.float()[..., None]) / safe[..., None]).clamp_(0, cfg.levels)
-    codes = torch.where(step[..., None] > 0, codes, torch.zeros_like(codes)).to(torch.uint8)
-    codes = codes.reshape(*lead, g * gs)
-    if cfg.bits == 4:
-        codes = codes[..., 0::2] | (codes[..., 1::2] << 4)
-    stats = torch.cat([lo, step], dim=-1).contiguous().view(torch.uint8)
-    return torch.cat([codes, stats], dim=-1)
-
-
-# On a CPU, rows are dequantized a block at a time so the fp32 temporaries stay in cache: 2.4x faster
-# on a 4096 x 4096 matrix (2 cores). A GPU takes the whole tensor in one launch of each kernel.
-CPU_BLOCK_ELEMENTS = 1 << 20
+    n = x.shape[-1]
+    out = torch.empty((*x.shape[:-1], cfg.packed_bytes(n)), dtype=torch.uint8, device=x.device)
+    for src, dest in _blocks(x, out, n):
+        dest.copy_(_quantize_rows(src.reshape(-1, n), cfg).view(dest.shape))
+    return out
 
 
 def dequantize(packed: torch.Tensor, n: int, cfg: QuantConfig, dtype: torch.dtype,
@@ -79,18 +69,48 @@ def dequantize(packed: torch.Tensor, n: int, cfg: QuantConfig, dtype: torch.dtyp
         out = torch.empty(shape, dtype=dtype, device=packed.device)
     elif tuple(out.shape) != shape:
         raise ValueError(f"dequantize: out has shape {tuple(out.shape)}, expected {shape}")
-    if packed.dim() == 1:
-        packed, dest = packed[None], out[None]
-    else:
-        dest = out
-    # blocks along the first dimension, so each block's values go straight to their place in `out`
-    per_item = max(1, math.prod(packed.shape[1:-1]) * n)
-    step = packed.shape[0] if packed.device.type != "cpu" else max(1, CPU_BLOCK_ELEMENTS // per_item)
-    for r in range(0, packed.shape[0], step):
-        block = packed[r:r + step]
-        values = _dequantize_rows(block.reshape(-1, block.shape[-1]), n, cfg)
-        dest[r:r + step] = values.view(*block.shape[:-1], n)  # the copy rounds to dtype once
+    for src, dest in _blocks(packed, out, n):
+        dest.copy_(_dequantize_rows(src.reshape(-1, src.shape[-1]), n, cfg).view(dest.shape))  # rounds once
     return out
+
+
+def _blocks(src: torch.Tensor, dest: torch.Tensor, values_per_row: int):
+    """(source, destination) pairs of blocks along the first dimension, about BLOCK_VALUES values
+    each, so every block's result goes straight to its place in `dest`."""
+    if src.dim() == 1:
+        src, dest = src[None], dest[None]
+    per_item = max(1, math.prod(src.shape[1:-1]) * values_per_row)
+    step = max(1, BLOCK_VALUES.get(src.device.type, BLOCK_VALUES["cuda"]) // per_item)
+    for r in range(0, src.shape[0], step):
+        yield src[r:r + step], dest[r:r + step]
+
+
+def _quantize_rows(x: torch.Tensor, cfg: QuantConfig) -> torch.Tensor:
+    """[r, n] -> uint8 [r, packed_bytes(n)]."""
+    n, gs = x.shape[-1], cfg.group_size
+    g = cfg.groups(n)
+    xf = x.float()
+    if g * gs != n:  # pad with the row's last value so padding never widens a group's range
+        xf = torch.cat([xf, xf[:, -1:].expand(-1, g * gs - n)], dim=-1)
+    groups = xf.reshape(-1, g, gs)
+    low = groups.amin(-1)
+    hi = groups.amax(-1)
+    # Round the stored minimum down and the step up, so fp16 storage cannot push
+    # a value outside the representable range of its group.
+    lo = low.to(STATS_DTYPE)
+    lo = torch.where(lo.float() > low, torch.nextafter(lo, torch.full_like(lo, -torch.inf)), lo)
+    step = ((hi - lo.float()) / cfg.levels).to(STATS_DTYPE)
+    step = torch.where(step.float() * cfg.levels < hi - lo.float(),
+                       torch.nextafter(step, torch.full_like(step, torch.inf)), step)
+    safe = torch.where(step > 0, step.float(), torch.ones_like(step, dtype=torch.float32))
+    codes = groups - lo.float()[..., None]  # a new tensor: the in-place steps below never touch x
+    codes.div_(safe[..., None]).round_().clamp_(0, cfg.levels)
+    codes.masked_fill_(~(step[..., None] > 0), 0)
+    codes = codes.to(torch.uint8).reshape(-1, g * gs)
+    if cfg.bits == 4:
+        codes = codes[:, 0::2] | (codes[:, 1::2] << 4)
+    stats = torch.cat([lo, step], dim=-1).contiguous().view(torch.uint8)
+    return torch.cat([codes, stats], dim=-1)
 
 
 def _dequantize_rows(packed: torch.Tensor, n: int, cfg: QuantConfig) -> torch.Tensor:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from .compression import scratch_bytes
 from .hardware import HardwareProfile, load_profile
 from .policy import TIERS, WRITES_IN_FLIGHT, Policy
 from .sizes import format_size
@@ -308,6 +309,8 @@ class BlockModel:
             # q, k, v, the output, grouped heads' expanded k and v, fp32 scores and a boolean mask
             expanded = 2 * sp.num_heads * keys if prefill and sp.num_kv_heads != sp.num_heads else 0
             attn = b * sp.head_dim * (tokens * (qkv + sp.num_heads) + expanded) * dt
+            if prefill and self.shape.compress_cache:  # the prompt attends to its keys and values as stored
+                attn += 2 * b * sp.head_dim * tokens * sp.num_kv_heads * dt
             attn += b * tokens * keys * (sp.num_heads * 4 + 1)
             mlp = mlp_mult * b * tokens * sp.ffn_size * dt
             return hidden + max(attn, mlp, logits)
@@ -320,7 +323,12 @@ class BlockModel:
         if n > 1 and self.shape.cpu_attention < 1:  # loaded CPU/disk rows
             dev_decode += off_device("c", (1 - self.shape.cpu_attention) * nbuf * self.cache_bytes(s + n))
         if n > 1 and self.shape.compress_cache:
-            dev_decode += self.cache_bytes(s + n, dt)  # the dequantised batch
+            dev_decode += nbuf * self.cache_bytes(s + n, dt)  # dequantised: the batch and the one prefetched
+        largest = max(self.numel.values()) if self.shape.compress_weight else 0.0  # values in one (de)quantization
+        if self.shape.compress_cache:
+            largest = max(largest, self.cache_bytes(s + n, 1.0) / 2)  # a batch's keys (or values), one layer
+        dev_prefill += scratch_bytes(self.hw.device, largest)  # fp32 temporaries of a block of them
+        dev_decode += scratch_bytes(self.hw.device, largest)
         gpu = [resident["gpu"] + weight_buffers + dev_prefill, resident["gpu"] + weight_buffers + dev_decode]
 
         # CPU staging: disk shares pass through CPU memory on their way to a GPU (a CPU device

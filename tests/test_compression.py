@@ -43,7 +43,7 @@ def test_blocked_dequantization_matches_one_pass_and_fills_a_strided_destination
     x = torch.randn(6, 9, 130) * 3
     packed = quantize(x, cfg)
     whole = dequantize(packed, 130, cfg, torch.float16)
-    monkeypatch.setattr(compression, "CPU_BLOCK_ELEMENTS", 1000)  # blocks of one row of 9 x 130 values
+    monkeypatch.setitem(compression.BLOCK_VALUES, "cpu", 1000)  # blocks of one row of 9 x 130 values
     assert torch.equal(dequantize(packed, 130, cfg, torch.float16), whole)
     big = torch.full((6, 10, 130), 7.0, dtype=torch.float16)
     dequantize(packed, 130, cfg, torch.float16, out=big[:, :9])

@@ -216,3 +216,31 @@ def test_dequantization_is_charged_at_the_measured_rate():
     assert extra == pytest.approx(values * (1 / 1e10 - 1 / 1e12), rel=1e-6)
     plain = both.with_(compress_weight=False, compress_cache=False)
     assert estimate(OPT30, plain, s, n, slow).total_time == pytest.approx(estimate(OPT30, plain, s, n, fast).total_time)
+
+
+def test_compressed_policies_count_what_4_bit_work_holds_on_the_device():
+    """On the device, a compressed policy also holds one (de)quantization block's fp32 temporaries;
+    a compressed cache adds the prompt's keys and values as stored (prefill attends to those) and the
+    dequantised cache of the batch being attended and the one prefetched (decode)."""
+    from flexgen_core.compression import scratch_bytes
+
+    shape = dict(weights=(100, 0, 0), cache=(0, 100, 0), activations=(100, 0, 0), gpu_batch_size=8, num_gpu_batches=2)
+    s, n, dt = 512, 32, 2
+
+    def gpu_terms(**kw):
+        p = Policy(**shape, **kw)
+        x = fractions(p)
+        return [lin.value(x) for lin in BlockModel(OPT30, p, s, n, T4, dt).memory_terms(True)["gpu"]]
+
+    plain, weights_c, cache_c = gpu_terms(), gpu_terms(compress_weight=True), gpu_terms(compress_cache=True)
+    scratch = scratch_bytes("cuda", 1e12)
+    assert scratch == (1 << 24) * 9 and scratch_bytes("cuda", 1000) == 9000  # a block, or less
+    resident_saving = plain[0] - (weights_c[0] - scratch)  # the weights themselves shrink
+    assert resident_saving > 0 and weights_c[1] - scratch == pytest.approx(plain[1] - resident_saving)
+    b, kv, d = 8, OPT30.num_kv_heads, OPT30.head_dim
+    stored_prompt = 2 * b * d * s * kv * dt
+    assert cache_c[0] == pytest.approx(plain[0] + scratch + stored_prompt)
+    from flexgen_core.cost_model import compressed_bytes_per_element
+    per_batch = 2 * b * kv * d * (s + n)  # values of one batch's cache, one layer
+    loaded = 2 * per_batch * (compressed_bytes_per_element(4, 64) - dt)  # the two buffered batches, as stored
+    assert cache_c[1] == pytest.approx(plain[1] + loaded + scratch + 2 * per_batch * dt)
