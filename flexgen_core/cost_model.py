@@ -292,13 +292,16 @@ class BlockModel:
         resident = {t: Lin.var(f"w_{t}", scale=self.total_weight_bytes)
                     + Lin.var(f"c_{t}", scale=cache_all) + Lin.var(f"a_{t}", scale=act_all) for t in TIERS}
 
-        layer_bytes = [self.numel[kd] * self.wb for kd in ("embed", "decoder", "head")]
-        biggest = max(layer_bytes)
-        pairs = [layer_bytes[0] + layer_bytes[1], layer_bytes[2] + layer_bytes[0]]
-        pairs += [2 * layer_bytes[1] if sp.num_layers > 1 else 0, layer_bytes[1] + layer_bytes[2]]
-        weight_buffers = 0.0 if weights_all_gpu else max(pairs)  # this layer and the prefetched next
-        if self.shape.compress_weight:
-            weight_buffers += max(self.numel.values()) * dt  # the dequantised layer
+        layer_numel = [self.numel[kd] for kd in ("embed", "decoder", "head")]
+        biggest = max(layer_numel) * self.wb
+
+        def this_and_next(sizes):  # the layer computing and the one prefetched: the largest neighbours
+            pairs = [sizes[0] + sizes[1], sizes[2] + sizes[0], sizes[1] + sizes[2]]
+            return max(pairs + [2 * sizes[1]] if sp.num_layers > 1 else pairs)
+
+        weight_buffers = 0.0 if weights_all_gpu else this_and_next(layer_numel) * self.wb
+        if self.shape.compress_weight:  # both loads are dequantised as they arrive
+            weight_buffers += this_and_next(layer_numel) * dt
 
         qkv = sp.num_heads + 2 * sp.num_kv_heads
         mlp_mult = 2 if sp.family == "opt" else 3  # fc1 out + act / gate, up and their product

@@ -342,7 +342,7 @@ def test_compressed_ours_runs_beside_the_exact_one(tiny_opt_dir, tmp_path, monke
         built[self.name] = (self.llm.policy.compress_weight, self.llm.policy.compress_cache)
 
     monkeypatch.setattr(systems.Ours, "__init__", recorded)
-    cfg = runner.BenchConfig(model=tiny_opt_dir, prompt_len=12, gen_len=3, gpu_mem="300KB", cpu_mem="300KB",
+    cfg = runner.BenchConfig(model=tiny_opt_dir, prompt_len=12, gen_len=3, gpu_mem="400KB", cpu_mem="400KB",
                              disk="1GB", systems=("flexgen", "flexgen-c", "accelerate"), max_batch=4, repeat=1,
                              hardware="cpu", offload_dir=str(tmp_path / "off"), out=str(tmp_path / "c.json"),
                              alternate=False)
@@ -359,3 +359,17 @@ def test_compressed_ours_runs_beside_the_exact_one(tiny_opt_dir, tmp_path, monke
     assert "| flexgen-c |" in runner.table(res)
     assert "flexgen-c: " in report.summary([("c.json", res)])
     assert runner.resummarize(json.loads(json.dumps(res)))["ratios"] == pytest.approx(res["ratios"])
+
+
+def test_a_system_whose_plan_cannot_fit_is_skipped_with_the_planners_reason(tiny_opt_dir, tmp_path):
+    """300 KB + 300 KB holds the exact system (weights on disk) but not the compressed one, whose two
+    dequantised layers must sit on the device: flexgen-c is skipped, saying why; the others still run."""
+    cfg = runner.BenchConfig(model=tiny_opt_dir, prompt_len=12, gen_len=3, gpu_mem="300KB", cpu_mem="300KB",
+                             disk="1GB", systems=("flexgen", "flexgen-c", "accelerate"), max_batch=4, repeat=1,
+                             hardware="cpu", dry_run=True, offload_dir=str(tmp_path))
+    res = runner.Bench(cfg, log=lambda *_: None).run()
+    rows = {r["system"]: r for r in res["systems"]}
+    assert "does not fit the memory budget" in rows["flexgen-c"]["skipped"]
+    assert not rows["flexgen"]["skipped"] and rows["flexgen"]["batch"] >= 1
+    assert not rows["accelerate"]["skipped"] and res["plan"] is not None
+    assert "| flexgen-c | - |" in runner.table(res)

@@ -178,10 +178,6 @@ class Bench:
         return self.ours["flexgen"].plan if "flexgen" in self.ours else None
 
     @property
-    def policy(self):
-        return self.ours["flexgen"].policy
-
-    @property
     def estimate(self):
         return self.ours["flexgen"].estimate if "flexgen" in self.ours else None
 
@@ -235,15 +231,23 @@ class Bench:
         """Every system's batch under the budget (no model is loaded)."""
         cfg, spec = self.cfg, self.spec
         self.profile = self._profile()
-        self.ours = {"flexgen": self._plan_ours(False)}
-        if "flexgen-c" in cfg.systems:
-            self.ours["flexgen-c"] = self._plan_ours(True)
-        for name, o in self.ours.items():
+        from flexgen_core.planner import InfeasibleBudget
+
+        self.ours = {}
+        for name, compressed in OURS.items():
+            if name != "flexgen" and name not in cfg.systems:
+                continue
+            try:
+                self.ours[name] = o = self._plan_ours(compressed)
+            except InfeasibleBudget as err:  # that system's result; the others still run
+                if name in cfg.systems:
+                    self.entries[name] = Entry(name, None, "planner", skipped=str(err))
+                continue
             if name in cfg.systems:
                 self.entries[name] = Entry(name, o.policy.block_size, o.how, details={
                     "policy": o.policy.describe(),
                     "weights_percent": dict(zip(("gpu", "cpu", "disk"), o.policy.weights))})
-        policy = self.policy
+        ours_batch = self.ours["flexgen"].policy.block_size if "flexgen" in self.ours else None
         if "accelerate" in cfg.systems:
             c = search.choose_accelerate(spec, self.budget, cfg.prompt_len, cfg.gen_len, self.dt, cfg.max_batch)
             e = Entry("accelerate", c.batch, c.rule, details={"max_memory": c.max_memory, "tried": c.tried})
@@ -251,7 +255,7 @@ class Bench:
                 e.skipped = "no batch fits the budget: " + (c.tried[-1][1] if c.tried else "")
             self.entries["accelerate"] = e
         if "hf" in cfg.systems:
-            b = cfg.hf_batch or (policy.block_size if "flexgen" in cfg.systems else cfg.max_batch)
+            b = cfg.hf_batch or (ours_batch if "flexgen" in cfg.systems and ours_batch else cfg.max_batch)
             ok, why = search.hf_fits(spec, b, self.budget, cfg.prompt_len, cfg.gen_len, self.dt)
             how = "same batch as ours" if not cfg.hf_batch else "given batch"
             self.entries["hf"] = Entry("hf", b, how, None if ok else f"not resident: {why}", details={
