@@ -170,7 +170,7 @@ class Bench:
         self.budget = self._budget()
         self.alternate = cfg.alternate if cfg.alternate is not None else self.device.type == "cpu"
         self.entries: dict[str, Entry] = {}
-        self.ours: dict[str, OursPlan] = {}  # "flexgen" always (it sizes HF generate's batch too)
+        self.ours: dict[str, OursPlan] = {}  # by system; "flexgen" is planned even when not run: it sizes hf's batch
         self.profile = None
 
     @property
@@ -276,8 +276,8 @@ class Bench:
             self.entries["flexgen-0.1.8"] = e
         for e in self.entries.values():
             self.log(f"  {e.name:14s} batch {e.batch}  ({e.how})" + (f"  SKIPPED: {e.skipped}" if e.skipped else ""))
-        for name, o in self.ours.items():
-            if o.plan is not None and (name in cfg.systems or name == "flexgen"):
+        for o in self.ours.values():
+            if o.plan is not None:
                 self.log("\n".join("  " + line for line in o.plan.describe().splitlines()))
 
     # -- building and running ------------------------------------------------------------------
