@@ -285,7 +285,9 @@ class BlockModel:
     def memory_terms(self, weights_all_gpu: bool) -> dict:
         """{tier: [Lin bytes, ...]}: a tier's peak is the largest of its expressions (prefill, decode)."""
         sp, b, k, dt, s, n = self.spec, self.b, self.k, self.dt, self.s, self.n
-        nbuf = 2 if self.shape.overlap else 1  # the batch being computed and the one being fetched
+        # the batch being computed and the one being fetched: the scheduler fetches a layer's next batch
+        # before computing this one, inline when overlap is off
+        nbuf = 2 if self.shape.overlap or self.k > 1 else 1
         # a single step (scoring, one new token) keeps no cache
         cache_all = self.cache_bytes(s + n) * k * sp.num_layers if n > 1 else 0.0
         act_all = self.hidden_bytes(s) * k

@@ -154,14 +154,14 @@ class Scheduler:
                             pending = fetch(k + 1)
                         if layer.kind == "head":
                             self._head(job, step, k, layer, x, w)
-                            continue
-                        positions = job.inputs(step, k)[1]
-                        attend = None
-                        if layer.kind == "decoder":
-                            attend = self._attend_fn(job, step, j - 1, k, cache, segments, masks,
-                                                     policy.attn_sparsity, prefix.get("kv"))
-                        y = layer.forward(x, w, _Context(positions, attend=attend))
-                        acts.put(k, y)
+                        else:
+                            positions = job.inputs(step, k)[1]
+                            attend = None
+                            if layer.kind == "decoder":
+                                attend = self._attend_fn(job, step, j - 1, k, cache, segments, masks,
+                                                         policy.attn_sparsity, prefix.get("kv"))
+                            acts.put(k, layer.forward(x, w, _Context(positions, attend=attend)))
+                        x = segments = attend = None  # nothing of this batch stays alive into the next
                     del w
                     self.weights.release(held.pop(0))
                 self.step_seconds.append(time.perf_counter() - step_start)

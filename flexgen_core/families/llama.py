@@ -172,6 +172,10 @@ class DecoderLayer:
         return F.linear(x, w[f"{self.p}{name}.weight"], w.get(f"{self.p}{name}.bias"))
 
     def forward(self, h, w, ctx):
+        h = self._attention(h, w, ctx)  # returning frees its queries, keys and values before the MLP
+        return self._mlp(h, w)
+
+    def _attention(self, h, w, ctx):
         s = self.spec
         b, n, _ = h.shape
         x = rms_norm(h, w[self.p + "input_layernorm.weight"], s.rms_norm_eps)
@@ -181,11 +185,16 @@ class DecoderLayer:
         cos, sin = self.rope.cos_sin(ctx.positions, q.dtype)
         q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
         attn = ctx.attend(q, k, v).transpose(1, 2).reshape(b, n, s.num_heads * s.head_dim)
-        h = h + self._linear(attn, w, "self_attn.o_proj")
+        return h + self._linear(attn, w, "self_attn.o_proj")
 
-        x = rms_norm(h, w[self.p + "post_attention_layernorm.weight"], s.rms_norm_eps)
-        mlp = self.act(self._linear(x, w, "mlp.gate_proj")) * self._linear(x, w, "mlp.up_proj")
-        return h + self._linear(mlp, w, "mlp.down_proj")
+    def _mlp(self, h, w):
+        x = rms_norm(h, w[self.p + "post_attention_layernorm.weight"], self.spec.rms_norm_eps)
+        gated = self.act(self._linear(x, w, "mlp.gate_proj"))
+        up = self._linear(x, w, "mlp.up_proj")
+        del x
+        gated.mul_(up)  # the product in place: two MLP-wide tensors at most, then one
+        del up
+        return h + self._linear(gated, w, "mlp.down_proj")
 
 
 class Head:

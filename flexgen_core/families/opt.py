@@ -100,10 +100,13 @@ class DecoderLayer:
         return F.linear(x, w[f"{self.p}{name}.weight"], w[f"{self.p}{name}.bias"])
 
     def forward(self, h, w, ctx):
+        h = self._attention(h, w, ctx)  # returning frees its queries, keys and values before the MLP
+        return self._mlp(h, w)
+
+    def _attention(self, h, w, ctx):
         s = self.spec
         b, n, _ = h.shape
         pre = s.do_layer_norm_before
-
         x = self._norm(h, w, "self_attn_layer_norm") if pre else h
         heads = lambda t: t.view(b, n, s.num_heads, s.head_dim).transpose(1, 2)  # noqa: E731
         q = heads(self._linear(x, w, "self_attn.q_proj"))
@@ -111,14 +114,14 @@ class DecoderLayer:
         v = heads(self._linear(x, w, "self_attn.v_proj"))
         attn = ctx.attend(q, k, v).transpose(1, 2).reshape(b, n, s.hidden_size)
         h = h + self._linear(attn, w, "self_attn.out_proj")
-        if not pre:
-            h = self._norm(h, w, "self_attn_layer_norm")
+        return h if pre else self._norm(h, w, "self_attn_layer_norm")
 
-        x = self._norm(h, w, "final_layer_norm") if pre else h
-        h = h + self._linear(self.act(self._linear(x, w, "fc1")), w, "fc2")
-        if not pre:
-            h = self._norm(h, w, "final_layer_norm")
-        return h
+    def _mlp(self, h, w):
+        pre = self.spec.do_layer_norm_before
+        # the norm's output is an argument only, freed once fc1 has read it
+        hidden = self.act(self._linear(self._norm(h, w, "final_layer_norm") if pre else h, w, "fc1"))
+        h = h + self._linear(hidden, w, "fc2")
+        return h if pre else self._norm(h, w, "final_layer_norm")
 
 
 class Head:
