@@ -43,7 +43,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 nproc | sed 's/^/cpus /' | tee -a "$WORK/gpu.txt"; free -g | sed -n 2p | tee -a "$WORK/gpu.txt"
 
 echo "== GPU tests (FLEXGEN_TEST_DEVICE=cuda, fp32)"
-FLEXGEN_TEST_DEVICE=cuda timeout "${GPU_TEST_LIMIT:-60}" "$PYTHON" -m pytest -q -p no:cacheprovider \
+FLEXGEN_TEST_DEVICE=cuda timeout "${GPU_TEST_LIMIT:-75}" "$PYTHON" -m pytest -q -p no:cacheprovider \
   tests/test_parity.py tests/test_invariance.py tests/test_compression.py tests/test_prefix_sharing.py \
   tests/test_sampling.py tests/test_tiers.py tests/test_shared_prefix.py tests/test_weight_store.py \
   tests/test_attention.py tests/test_hardware.py tests/test_io_queue.py 2>&1 | tee "$WORK/gpu_tests.log" | tail -n 30
