@@ -8,12 +8,11 @@
 #    against HF fp32 on the CPU) and records pytest's summary; then checks that what a generate allocates on
 #    the device stays within the cost model's predicted peak (tests/test_memory_model.py -k cuda).
 # 3. Runs scripts/gpu_bench.sh on OPT-30B (dummy fp16 weights, GPU capped to 16 GiB) for ours exact,
-#    ours with 4-bit weights and cache (flexgen-c, the paper's FlexGen (c)), accelerate and FlexGen 0.1.8,
-#    then OPT-6.7B with the time left.
-# 4. With the time still left (SESSION_LIMIT seconds in all, default 560): ours on OPT-30B once more
-#    with the planner held to the other kind of attention (share 0 if it chose some CPU attention, else
-#    1; the side it did not take, measured rather than predicted), then decode-step profiles of the
-#    policies that stream (scripts/profile_decode.py, OPT-1.3B).
+#    ours with 4-bit weights and cache (flexgen-c, the paper's FlexGen (c)), accelerate and FlexGen 0.1.8.
+# 4. With the time left (SESSION_LIMIT seconds in all, default 560): ours on OPT-30B once more with the
+#    planner held to the other kind of attention (share 0 if it chose some CPU attention, else 1; the
+#    side it did not take, measured rather than predicted), then OPT-6.7B, then decode-step profiles of
+#    the policies that stream (scripts/profile_decode.py, OPT-1.3B).
 # Everything lands in one archive, OUT_DIR/gpu_session.tgz (the device tool returns at most 8 files),
 # plus OUT_DIR/gpu_session.log. Each step has its own time limit so the archive is always written.
 set -uo pipefail
@@ -57,14 +56,8 @@ echo "== GPU benchmark"
 WHEEL_ARGS=(--out "$WORK" --wheel .whl/flexgen-0.1.8-py3-none-any.whl)
 bash scripts/gpu_bench.sh "${WHEEL_ARGS[@]}" --models opt-30b --systems flexgen,flexgen-c,accelerate,flexgen-0.1.8
 
-left=$(( ${SESSION_LIMIT:-560} - SECONDS - 20 ))
-if [ "$left" -gt 60 ]; then
-  GPU_BENCH_LIMIT_SMALL="${GPU_BENCH_LIMIT_SMALL:-$(( left < 110 ? left : 110 ))}" \
-    bash scripts/gpu_bench.sh "${WHEEL_ARGS[@]}" --models opt-6.7b
-fi
-
 left=$(( ${SESSION_LIMIT:-560} - SECONDS - 10 ))
-if [ -f "$WORK/opt-30b.json" ] && [ "$left" -gt 100 ]; then
+if [ -f "$WORK/opt-30b.json" ] && [ "$left" -gt 70 ]; then
   other=$("$PYTHON" - "$WORK/opt-30b.json" "$WORK/measured_profile.json" <<'PY'
 import json, sys
 run = json.load(open(sys.argv[1]))
@@ -80,6 +73,12 @@ PY
       --out "$WORK/opt-30b-attention-$other.json" 2>&1 | tail -n 14 || echo "alternative run exit $?"
     rm -rf /tmp/flexgen-bench-offload
   }
+fi
+
+left=$(( ${SESSION_LIMIT:-560} - SECONDS - 20 ))
+if [ "$left" -gt 60 ]; then
+  GPU_BENCH_LIMIT_SMALL="${GPU_BENCH_LIMIT_SMALL:-$(( left < 110 ? left : 110 ))}" \
+    bash scripts/gpu_bench.sh "${WHEEL_ARGS[@]}" --models opt-6.7b
 fi
 
 left=$(( ${SESSION_LIMIT:-560} - SECONDS ))
