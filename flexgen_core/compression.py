@@ -46,9 +46,13 @@ BLOCK_VALUES = {"cpu": 1 << 20, "cuda": 1 << 24}
 SCRATCH_BYTES_PER_VALUE = 9
 
 
+def block_values(device_type: str) -> int:
+    return BLOCK_VALUES.get(device_type, BLOCK_VALUES["cuda"])
+
+
 def scratch_bytes(device_type: str, values: float) -> float:
     """Temporary memory a (de)quantization of at most `values` values holds on a device."""
-    return min(values, BLOCK_VALUES.get(device_type, BLOCK_VALUES["cuda"])) * SCRATCH_BYTES_PER_VALUE
+    return min(values, block_values(device_type)) * SCRATCH_BYTES_PER_VALUE
 
 
 def quantize(x: torch.Tensor, cfg: QuantConfig) -> torch.Tensor:
@@ -80,7 +84,7 @@ def _blocks(src: torch.Tensor, dest: torch.Tensor, values_per_row: int):
     if src.dim() == 1:
         src, dest = src[None], dest[None]
     per_item = max(1, math.prod(src.shape[1:-1]) * values_per_row)
-    step = max(1, BLOCK_VALUES.get(src.device.type, BLOCK_VALUES["cuda"]) // per_item)
+    step = max(1, block_values(src.device.type) // per_item)
     for r in range(0, src.shape[0], step):
         yield src[r:r + step], dest[r:r + step]
 

@@ -156,9 +156,9 @@ class BlockModel:
         self.spec, self.shape, self.hw = spec, shape, hardware
         self.s, self.n, self.dt = prompt_len, gen_len, dtype_bytes
         self.b, self.k = shape.gpu_batch_size, shape.num_gpu_batches
-        comp = compressed_bytes_per_element(shape.compression_bits, shape.compression_group_size)
-        self.wb = comp if shape.compress_weight else dtype_bytes  # weight bytes/element at rest and in flight
-        self.cb = comp if shape.compress_cache else dtype_bytes
+        self.comp = compressed_bytes_per_element(shape.compression_bits, shape.compression_group_size)
+        self.wb = self.comp if shape.compress_weight else dtype_bytes  # weight bytes/element at rest and in flight
+        self.cb = self.comp if shape.compress_cache else dtype_bytes
         self.numel = dict(zip(("embed", "decoder", "head"), layer_numels(spec)))  # streamed per step
         self.stored = dict(zip(("embed", "decoder", "head"), stored_numels(spec)))
         self.count = {"embed": 1, "decoder": spec.num_layers, "head": 1}
@@ -222,8 +222,7 @@ class BlockModel:
         read of the packed and one write of the unpacked bytes."""
         if self.hw.dequant_rate:
             return values / self.hw.dequant_rate
-        return values * (compressed_bytes_per_element(self.shape.compression_bits,
-                                                      self.shape.compression_group_size) + self.dt) / self.hw.device_mem_bw
+        return values * (self.comp + self.dt) / self.hw.device_mem_bw
 
     def _attention(self, step: Step) -> dict:
         """Attention and the KV cache traffic of one decoder layer, all batches of the block."""
