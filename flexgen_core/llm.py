@@ -366,10 +366,12 @@ class LLM:
 
     def memory_stats(self) -> dict:
         """Bytes resident, peak, read and written per tier since the model was loaded; on CUDA also
-        the allocator's peak, which includes working buffers the tier accounting does not see."""
+        the allocator's peak, which includes working buffers the tier accounting does not see, and the
+        most host memory the CPU tier held page-locked at once."""
         stats = self.tiers.stats.as_dict()
         if self.device.type == "cuda":
             stats["device_peak_allocated"] = torch.cuda.max_memory_allocated(self.device)
+            stats["host_peak_locked"] = self.tiers.pinned.high_water
         return stats
 
 

@@ -7,6 +7,7 @@ memory and prove that the disk was really read.
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .pinned import PinnedPool
 from .policy import TIERS
 
 _NUMPY_VIEW = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.int16,
@@ -88,6 +90,8 @@ class TierSet:
         self.stats = TierStats()
         self._lock = threading.Lock()
         self._counter = 0
+        # the CPU tier's buffers on CUDA, locked at their size
+        self.pinned = PinnedPool(settle=functools.partial(torch.cuda.synchronize, self.device)) if self.on_cuda else None
 
     # -- accounting ------------------------------------------------------------------
     def allocated(self, tier: str, nbytes: int):
@@ -111,12 +115,20 @@ class TierSet:
 
     # -- allocation ------------------------------------------------------------------
     def host_empty(self, shape, dtype) -> torch.Tensor:
+        """Host staging for one transfer (pinned on CUDA, through torch's caching allocator)."""
         return torch.empty(shape, dtype=dtype, pin_memory=self.on_cuda)
 
     def memory(self, tier: str, shape, dtype) -> torch.Tensor:
+        """A tier's long-lived buffer; give it back with `free_memory`."""
         if tier == "gpu":
             return torch.empty(shape, dtype=dtype, device=self.device)
-        return self.host_empty(shape, dtype)
+        if self.pinned is not None:
+            return self.pinned.take(shape, dtype)
+        return torch.empty(shape, dtype=dtype)
+
+    def free_memory(self, tier: str, storage: torch.Tensor):
+        if tier == "cpu" and self.pinned is not None:
+            self.pinned.give(storage)
 
     def scratch_path(self, name: str) -> str:
         with self._lock:
@@ -124,6 +136,8 @@ class TierSet:
             return os.path.join(self.scratch_dir, f"{self._counter:06d}-{name}.bin")
 
     def close(self):
+        if self.pinned is not None:
+            self.pinned.clear()
         self._remove_files()
 
 
@@ -368,4 +382,6 @@ class TieredRows:
             self.tiers.released(tier, (end - start) * self.row_elems * self.itemsize)
             if isinstance(storage, DiskArray):
                 storage.close()
+            else:
+                self.tiers.free_memory(tier, storage)
         self.parts = []

@@ -113,6 +113,29 @@ def test_prefix_reads_of_host_rows_reach_the_gpu_whole_or_gathered(tmp_path):
     tiers.close()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_host_rows_on_cuda_are_page_locked_at_their_size_and_reused(tmp_path):
+    """The CPU tier's buffers on CUDA: page-locked (so copies run at link speed and asynchronously),
+    locked at exactly their size (torch's pinned allocator would lock 64 KiB for these 42,000
+    bytes), round trips intact, a freed buffer's memory serves the next of its size, and closing
+    unlocks it."""
+    tiers = TierSet(torch.device("cuda"), str(tmp_path))
+    shape = (6, 1000, 7)
+    buf = TieredRows(tiers, shape, torch.float16, (0, 100, 0), "k")
+    host = buf.parts[0][3]
+    assert host.is_pinned() and tiers.pinned.locked_bytes == 42_000 and tiers.pinned.disabled is None
+    value = torch.randn(shape, device="cuda").half()
+    buf.write(value)
+    assert torch.equal(buf.read(), value) and torch.equal(buf.read(slice(0, 3)), value[:, :3])
+    ptr = host.data_ptr()
+    buf.free()
+    again = TieredRows(tiers, shape, torch.float16, (0, 100, 0), "k")
+    assert again.parts[0][3].data_ptr() == ptr and tiers.pinned.locked_bytes == 42_000
+    again.free()
+    tiers.close()
+    assert tiers.pinned.locked_bytes == 0
+
+
 def test_whole_rows_are_moved_only_for_a_prefix_worth_it():
     """The rule behind reading host cache rows to a GPU: a prefix of positions [0, t) of contiguous
     rows moves whole rows when they hold at most 4x the positions asked for."""

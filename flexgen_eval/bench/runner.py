@@ -3,7 +3,8 @@
 Measurement, per system at its batch b (see search.py for how b is chosen):
   warm-up   one generate of 2 new tokens at the full batch (a decode step, so the KV cache is
             allocated once: pinning ours' 48 GB host cache for OPT-30B took most of the first run's
-            time on an H200), not recorded
+            time on an H200), not recorded; ours on CUDA generates the timed run's n tokens, because
+            it keeps its page-locked host buffers by size and the run's cache is a few positions longer
   then `repeat` rounds of, for each system in turn,
     prefill   a generate of 1 new token: P
     run       right after it, a generate of n = gen_len tokens (or cut_gen_len; decode is projected): T
@@ -366,7 +367,8 @@ class Bench:
                 e.prefill_runs.append(r["prefill_latency"])
                 e.runs.append(r["prefill_latency"] + r["decode_latency"])
             return
-        new_tokens = {"run": n_run, "warmup": min(2, n_run)}.get(phase, 1)
+        warmup = n_run if sysm.warm_to_run_length else min(2, n_run)
+        new_tokens = {"run": n_run, "warmup": warmup}.get(phase, 1)
         seconds = sysm.generate(prompts[: e.batch], new_tokens)
         if phase == "warmup" and hasattr(sysm, "rss"):
             sysm.rss.peak_delta = 0  # first touches of mapped weights are loading, not working memory
