@@ -51,7 +51,7 @@ class HardwareProfile:
     # what a layer costs when its device work is negligible; 0 = not charged
     layer_call_s: float = 0.0
     # values per second the runtime's 4-bit dequantization (compression.dequantize) produces on the
-    # compute device: several elementwise passes in fp32, far below one read of the packed bytes
+    # compute device: elementwise passes in fp32 (two on a GPU), far below one read of the packed bytes
     # (measured on the 2-core VM: 0.36 G values/s where memory bandwidth would give 5.8); None:
     # device_mem_bw over the packed plus unpacked bytes (a fused kernel)
     dequant_rate: float | None = None

@@ -6,7 +6,8 @@
 # 1. Installs the wheels carried in .whl/ (if any) into /tmp/site, never over the machine's torch.
 # 2. Runs the runtime's parity/invariance/compression tests with FLEXGEN_TEST_DEVICE=cuda (fp32 on the GPU
 #    against HF fp32 on the CPU) and records pytest's summary; then checks that what a generate allocates on
-#    the device stays within the cost model's predicted peak (tests/test_memory_model.py -k cuda).
+#    the device stays within the cost model's predicted peak (tests/test_memory_model.py -k cuda), and times
+#    both ways of 4-bit dequantization (scripts/dequant_paths.py).
 # 3. Runs scripts/gpu_bench.sh on OPT-30B (dummy fp16 weights, GPU capped to 16 GiB) for ours exact,
 #    ours with 4-bit weights and cache (flexgen-c, the paper's FlexGen (c)), accelerate and FlexGen 0.1.8.
 # 4. With the time left (SESSION_LIMIT seconds in all, default 560): ours on OPT-30B once more with the
@@ -51,6 +52,8 @@ echo "== device memory vs the cost model (torch.cuda.max_memory_allocated)"
 timeout "${GPU_MEMORY_TEST_LIMIT:-30}" "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_memory_model.py -k cuda 2>&1 \
   | tee "$WORK/gpu_memory_tests.log" | tail -n 30
 echo "memory tests exit ${PIPESTATUS[0]}"
+echo "== 4-bit dequantization, the two-pass and the general path (same bits; which is faster here)"
+timeout 40 "$PYTHON" scripts/dequant_paths.py --device cuda --out "$WORK" || echo "dequant_paths exit $?"
 
 echo "== GPU benchmark"
 WHEEL_ARGS=(--out "$WORK" --wheel .whl/flexgen-0.1.8-py3-none-any.whl)

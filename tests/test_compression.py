@@ -52,6 +52,49 @@ def test_blocked_dequantization_matches_one_pass_and_fills_a_strided_destination
         dequantize(packed, 130, cfg, torch.float16, out=big)
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_two_pass_dequantization_gives_the_same_bits(monkeypatch, bits, dtype):
+    """The GPU's two-pass dequantization (codes times step into fp32, plus the minimum straight into
+    the output), run here on the CPU: the same bits as the CPU's path, whole, in blocks and into part
+    of a larger buffer; a row that is not a whole number of groups takes the other path."""
+    import flexgen_core.compression as compression
+
+    cfg = QuantConfig(bits, 64)
+    x = (torch.randn(6, 9, 256) * torch.logspace(-3, 1, 9)[:, None]).to(dtype)
+    packed = quantize(x, cfg)
+    expected = dequantize(packed, 256, cfg, dtype)
+    odd = quantize(x[..., :130], cfg)
+    odd_expected = dequantize(odd, 130, cfg, dtype)
+    monkeypatch.setattr(compression, "TWO_PASS_DEVICES", {"cpu"})
+    calls = []
+    real = compression._dequantize_rows_into
+    monkeypatch.setattr(compression, "_dequantize_rows_into", lambda *a: calls.append(1) or real(*a))
+    as_int = {2: torch.int16, 4: torch.int32}
+
+    def same(a, b):  # bit for bit
+        return torch.equal(a.view(as_int[a.element_size()]), b.view(as_int[b.element_size()]))
+
+    assert same(dequantize(packed, 256, cfg, dtype), expected) and calls
+    monkeypatch.setitem(compression.BLOCK_VALUES, "cpu", 1000)
+    assert same(dequantize(packed, 256, cfg, dtype), expected)
+    big = torch.full((6, 10, 256), 7.0, dtype=dtype)
+    dequantize(packed, 256, cfg, dtype, out=big[:, 1:])
+    assert same(big[:, 1:], expected) and bool((big[:, 0] == 7).all())
+    calls.clear()
+    assert same(dequantize(odd, 130, cfg, dtype), odd_expected) and not calls
+
+
+@pytest.mark.skipif(TEST_DEVICE != "cuda", reason="needs FLEXGEN_TEST_DEVICE=cuda")
+def test_dequantization_on_the_gpu_gives_the_cpus_bits():
+    cfg = QuantConfig(4, 64)
+    x = (torch.randn(64, 4096) * 0.05).half()
+    packed = quantize(x, cfg)
+    on_cpu = dequantize(packed, 4096, cfg, torch.float16)
+    on_gpu = dequantize(packed.cuda(), 4096, cfg, torch.float16)
+    assert torch.equal(on_gpu.cpu().view(torch.int16), on_cpu.view(torch.int16))
+
+
 def test_packed_size_is_the_theoretical_size():
     # 4-bit, groups of 64, fp16 minimum and step: 0.5 + 4/64 bytes per value
     assert QuantConfig(4, 64).packed_bytes(4096) == 4096 * (0.5 + 4 / 64)
