@@ -47,28 +47,20 @@ class BlockCache:
                 )
 
     # -- encoding ------------------------------------------------------------------------
-    def encode(self, rows: torch.Tensor) -> torch.Tensor:
-        return rows if self.quant is None else quantize(rows, self.quant)
-
     def decode(self, stored: torch.Tensor) -> torch.Tensor:
         return stored if self.quant is None else dequantize(stored, self.head_dim, self.quant, self.dtype)
 
-    def roundtrip(self, rows: torch.Tensor) -> torch.Tensor:
-        """What a token reads back after being stored: the new token is attended that way too,
-        so results do not depend on which tier the row lives in."""
-        return rows if self.quant is None else self.decode(self.encode(rows))
-
-    # -- writes ------------------------------------------------------------------------------
+    # -- writes (of stored forms: see stored_and_seen) --------------------------------------
     def store_prefill(self, j: int, k: int, keys: torch.Tensor, values: torch.Tensor):
-        """keys, values [b, kv, s, d] for cache positions 0..s-1."""
+        """keys, values [b, kv, s, width] for cache positions 0..s-1."""
         s = keys.shape[2]
         for buf, new in zip(self.entries[j, k], (keys, values)):
-            buf.write(self.encode(_rows(new)), slice(0, s))
+            buf.write(_rows(new), slice(0, s))
 
     def store_token(self, j: int, k: int, part: int, rows: slice, keys_rows, values_rows, t: int):
-        """Rows [r, d] of the token at position t (all rows of the batch), for a run of a part's rows."""
+        """Rows [r, width] of the token at position t (all rows of the batch), for a run of a part's rows."""
         for buf, new in zip(self.entries[j, k], (keys_rows, values_rows)):
-            buf.write_part(part, self.encode(new[:, None]), slice(t, t + 1), rows)
+            buf.write_part(part, new[:, None], slice(t, t + 1), rows)
 
     # -- reads -------------------------------------------------------------------------------
     def cpu_rows(self, tier: str, rows: int) -> int:
@@ -130,6 +122,16 @@ class BlockCache:
         self.entries = {}
 
 
+def stored_and_seen(x: torch.Tensor, quant: QuantConfig | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the cache stores of new keys or values [..., d], and what it gives back, which the new
+    tokens are attended as too (so results do not depend on the tier a row lives in). Quantized
+    once: the stored form is what BlockCache's store_* methods take."""
+    if quant is None:
+        return x, x
+    stored = quantize(x, quant)
+    return stored, dequantize(stored, x.shape[-1], quant, x.dtype)
+
+
 def _rows(x: torch.Tensor) -> torch.Tensor:
     """[b, kv, s, d] -> [b * kv, s, d]"""
     return x.reshape(-1, x.shape[2], x.shape[3])
@@ -140,13 +142,12 @@ def decode_over_segments(q, new_k, new_v, segments: list[Segment], key_valid: to
     """q [b, h, 1, d], new_k/new_v [b, kv, 1, d], key_valid [b, t + 1] -> [b, h, 1, d].
 
     Each segment is attended where it lives; only q and the output cross the link for
-    CPU-attended rows. `store_token(part, rows, k_rows, v_rows)` persists the new token of
-    segments that are copies rather than views of their tier."""
+    CPU-attended rows. `store_token(part, rows, k_rows, v_rows)` persists the new token (in the
+    cache's stored form) of segments that are copies rather than views of their tier."""
     b, h, _, d = q.shape
     kv = new_k.shape[1]
     q_rows = q.reshape(b, kv, h // kv, d).reshape(b * kv, h // kv, d)
-    k_rows, v_rows = _rows(new_k)[:, 0], _rows(new_v)[:, 0]
-    k_seen, v_seen = cache.roundtrip(k_rows), cache.roundtrip(v_rows)
+    (k_stored, k_seen), (v_stored, v_seen) = (stored_and_seen(_rows(x)[:, 0], cache.quant) for x in (new_k, new_v))
     valid_rows = key_valid.repeat_interleave(kv, dim=0)
     out = torch.empty_like(q_rows)
     for seg in segments:
@@ -156,7 +157,7 @@ def decode_over_segments(q, new_k, new_v, segments: list[Segment], key_valid: to
         if seg.values is not None:
             seg.values[:, t] = v_seen[sl].to(dev)
         if not seg.is_view:
-            store_token(seg.index, seg.rows, k_rows, v_rows)
+            store_token(seg.index, seg.rows, k_stored, v_stored)
         q_seg, valid = q_rows[sl].to(dev), valid_rows[sl].to(dev)
         if cache.sparsity < 1.0:
             gather = lambda pos, seg=seg, sl=sl: cache.gather_values(j, k, seg, pos, t, v_seen[sl])  # noqa: E731

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from .attention import prefill_attention
-from .compression import QuantConfig, dequantize, quantize
+from .compression import QuantConfig
 from .io_queue import IOQueue
-from .kv_cache import BlockCache, decode_over_segments
+from .kv_cache import BlockCache, decode_over_segments, stored_and_seen
 from .policy import WRITES_IN_FLIGHT, Policy
 from .tiers import TieredRows, TierSet
 
@@ -237,15 +237,14 @@ class Scheduler:
                     keys, values = (torch.cat([p.expand(b, -1, -1, -1), new], dim=2)
                                     for p, new in zip(prefix_kv, (new_k, new_v)))
                     if cache is not None:
-                        self._cache_write(cache, cache.store_prefill, layer_index, k, keys, values)
+                        stored = (stored_and_seen(x, self.cache_quant)[0] for x in (keys, values))
+                        self._cache_write(cache, cache.store_prefill, layer_index, k, *stored)
                     return F.scaled_dot_product_attention(q, keys, values, attn_mask=masks[k], enable_gqa=True)
-                seen_k, seen_v = new_k, new_v
-                if self.cache_quant is not None:  # attend to what the cache will give back
-                    seen_k = dequantize(quantize(new_k, self.cache_quant), new_k.shape[-1], self.cache_quant, new_k.dtype)
-                    seen_v = dequantize(quantize(new_v, self.cache_quant), new_v.shape[-1], self.cache_quant, new_v.dtype)
+                # attend to what the cache will give back
+                (stored_k, seen_k), (stored_v, seen_v) = (stored_and_seen(x, self.cache_quant) for x in (new_k, new_v))
                 out = prefill_attention(q, seen_k, seen_v, masks[k], job.pads(k), sparsity)
                 if cache is not None:
-                    self._cache_write(cache, cache.store_prefill, layer_index, k, new_k, new_v)
+                    self._cache_write(cache, cache.store_prefill, layer_index, k, stored_k, stored_v)
                 return out
             t = job.prompt_len(k) + step - 1
             valid = job.key_valid(step, k)
