@@ -47,9 +47,9 @@ SCRATCH_BYTES_PER_VALUE = 9
 
 
 # Where dequantization multiplies the codes into fp32 and adds the minimum straight into the output
-# (two elementwise passes, ~13 bytes of memory traffic per value instead of ~31; the same bits):
+# (two elementwise passes after unpacking, ~15 bytes of memory traffic per value instead of ~31; the same bits):
 # on a GPU, memory-bound, that is the fast way; on a CPU torch's mixed-dtype kernels are not
-# vectorised and it measured 1.6x slower (4096 x 4096, 2 cores).
+# vectorised and it measured 1.6-8x slower (4096 x 4096, 2 cores).
 TWO_PASS_DEVICES = {"cuda"}
 
 
@@ -129,34 +129,30 @@ def _quantize_rows(x: torch.Tensor, cfg: QuantConfig) -> torch.Tensor:
     return torch.cat([codes, stats], dim=-1)
 
 
-def _dequantize_rows_into(dest: torch.Tensor, packed: torch.Tensor, n: int, cfg: QuantConfig):
-    """_dequantize_rows's values written into dest ([..., n], any dtype, last dim contiguous or not):
-    float(code) * step and + minimum in fp32, as there, rounded once into dest's dtype. n must be a
-    whole number of groups."""
+def _codes_and_stats(packed: torch.Tensor, n: int, cfg: QuantConfig):
+    """uint8 [r, packed_bytes(n)] -> codes uint8 [r, g, group_size], minimum and step fp32 [r, g]."""
     g, gs = cfg.groups(n), cfg.group_size
     code_bytes = g * gs * cfg.bits // 8
     codes, stats = packed[:, :code_bytes], packed[:, code_bytes:]
     stats = stats.contiguous().view(STATS_DTYPE).float()
-    lo, step = stats[:, :g], stats[:, g:]
     if cfg.bits == 4:  # low nibble first, as quantize packs them
-        pairs = torch.empty((*codes.shape, 2), dtype=torch.uint8, device=codes.device)
-        torch.bitwise_and(codes, 0x0F, out=pairs[..., 0])
-        torch.bitwise_right_shift(codes, 4, out=pairs[..., 1])
-        codes = pairs
-    scaled = torch.mul(codes.reshape(-1, g, gs), step[..., None])  # uint8 x fp32 -> fp32
-    grouped = dest.unflatten(-1, (g, gs))
+        codes = torch.stack([codes & 0x0F, codes >> 4], dim=-1)
+    return codes.reshape(-1, g, gs), stats[:, :g], stats[:, g:]
+
+
+def _dequantize_rows_into(dest: torch.Tensor, packed: torch.Tensor, n: int, cfg: QuantConfig):
+    """_dequantize_rows's values written into dest ([..., n], any dtype, last dim contiguous or not):
+    float(code) * step and + minimum in fp32, as there, rounded once into dest's dtype. n must be a
+    whole number of groups."""
+    codes, lo, step = _codes_and_stats(packed, n, cfg)
+    scaled = torch.mul(codes, step[..., None])  # uint8 x fp32 -> fp32
+    grouped = dest.unflatten(-1, codes.shape[1:])
     torch.add(scaled.view(grouped.shape), lo.view(*grouped.shape[:-1], 1), out=grouped)
 
 
 def _dequantize_rows(packed: torch.Tensor, n: int, cfg: QuantConfig) -> torch.Tensor:
     """uint8 [r, packed_bytes(n)] -> float32 [r, n]: minimum + code * step, in place."""
-    g, gs = cfg.groups(n), cfg.group_size
-    code_bytes = g * gs * cfg.bits // 8
-    codes, stats = packed[:, :code_bytes], packed[:, code_bytes:]
-    stats = stats.contiguous().view(STATS_DTYPE).float()
-    lo, step = stats[:, :g], stats[:, g:]
-    if cfg.bits == 4:
-        codes = torch.stack([codes & 0x0F, codes >> 4], dim=-1)
-    values = codes.reshape(-1, g, gs).float()
+    codes, lo, step = _codes_and_stats(packed, n, cfg)
+    values = codes.float()
     values.mul_(step[..., None]).add_(lo[..., None])
-    return values.reshape(-1, g * gs)[:, :n]
+    return values.reshape(values.shape[0], -1)[:, :n]

@@ -9,6 +9,7 @@ much more locked (1/8) than the most that was ever in use at once.
 """
 from __future__ import annotations
 
+import math
 import mmap
 import threading
 import warnings
@@ -69,10 +70,7 @@ class PinnedPool:
         return self.in_use_bytes + self.free_bytes
 
     def take(self, shape, dtype: torch.dtype) -> torch.Tensor:
-        numel = 1
-        for n in shape:
-            numel *= n
-        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
         if nbytes == 0 or self.disabled:
             return self._fallback(shape, dtype)
         with self._mutex:
