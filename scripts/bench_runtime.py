@@ -65,8 +65,8 @@ def main():
         if batch >= 16:
             variants[f"flexgen 50% weights on disk, block 8x{batch // 8}"] = Policy(
                 weights=(50, 0, 50), gpu_batch_size=8, num_gpu_batches=batch // 8)
-        offload = tempfile.mkdtemp(prefix="bench-offload-")
-        llms = {name: LLM.from_pretrained(path, policy=p, offload_dir=offload) for name, p in variants.items()}
+        offload = tempfile.TemporaryDirectory(prefix="bench-offload-")  # the disk weights, removed below
+        llms = {name: LLM.from_pretrained(path, policy=p, offload_dir=offload.name) for name, p in variants.items()}
         for name, llm in llms.items():
             systems[name] = (lambda llm=llm: ours_run(llm, prompts, args.gen_len))
         times = {name: [] for name in systems}
@@ -77,6 +77,7 @@ def main():
             stats = llm.memory_stats()
             times[name + "::disk_read"] = stats["read"]["disk"]
             llm.close()
+        offload.cleanup()
         hf_tps = batch * args.gen_len / statistics.median(times["hf generate"])
         for name in systems:
             seconds = statistics.median(times[name])

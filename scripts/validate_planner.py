@@ -107,7 +107,9 @@ def main(argv=None):
     from flexgen_core.planner import plan_policy
     from flexgen_core.spec import BUILTIN_CONFIGS
 
-    offload = tempfile.mkdtemp(prefix="validate-planner-")
+    # removed at exit, also when a run fails: it holds the disk tier's weights
+    scratch = tempfile.TemporaryDirectory(prefix="validate-planner-")
+    offload = scratch.name
     started = datetime.datetime.now(datetime.timezone.utc)
     load_start = os.getloadavg()
     if args.profile:

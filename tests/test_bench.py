@@ -382,3 +382,42 @@ def test_a_system_whose_plan_cannot_fit_is_skipped_with_the_planners_reason(tiny
     assert not rows["flexgen"]["skipped"] and rows["flexgen"]["batch"] >= 1
     assert not rows["accelerate"]["skipped"] and res["plan"] is not None
     assert "| flexgen-c | - |" in runner.table(res)
+
+
+def test_the_offload_directory_the_bench_made_is_removed(tiny_opt_dir, tmp_path, monkeypatch):
+    """The bench's own temporary directory holds ours' disk weights and accelerate's offload: it is
+    removed when the run ends, also when a system fails; a directory the user names is kept, since
+    ours reuses the weights stored there (leaked directories filled a disk, tens of GB for OPT-30B)."""
+    import tempfile
+
+    from flexgen_eval.bench import systems
+
+    made = tmp_path / "tmp"
+    made.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(made))
+    kept = tmp_path / "named"
+
+    def config(offload_dir, out):
+        return runner.BenchConfig(model=tiny_opt_dir, prompt_len=12, gen_len=3, gpu_mem="300KB", cpu_mem="300KB",
+                                  disk="1GB", systems=("flexgen", "accelerate"), max_batch=4, repeat=1,
+                                  hardware="cpu", offload_dir=offload_dir, out=str(tmp_path / out), alternate=False)
+
+    bench = runner.Bench(config(None, "a.json"), log=lambda *_: None)
+    own = bench.offload_dir
+    assert os.path.dirname(own) == str(made)
+    res = bench.run()
+    assert all(r["throughput_tokens_per_s"] > 0 for r in res["systems"])
+    assert not os.path.exists(own)
+
+    runner.Bench(config(str(kept), "b.json"), log=lambda *_: None).run()
+    assert list(kept.glob("weights/*/*.bin")), "ours stored no disk weights: the budget no longer tests this"
+
+    def fails(self, prompts, new_tokens):
+        raise RuntimeError("a system failed")
+
+    monkeypatch.setattr(systems.Ours, "generate", fails)
+    bench = runner.Bench(config(None, "c.json"), log=lambda *_: None)
+    with pytest.raises(RuntimeError, match="a system failed"):
+        bench.run()
+    assert not os.path.exists(bench.offload_dir)
+    assert kept.exists()

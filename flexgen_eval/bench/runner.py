@@ -19,10 +19,12 @@ import gc
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
@@ -168,6 +170,11 @@ class Bench:
         self.spec, self.path = hf_models.resolve_model(cfg.model, cfg.dummy_weights)
         self.offload_dir = cfg.offload_dir or tempfile.mkdtemp(prefix="flexgen-bench-")
         os.makedirs(self.offload_dir, exist_ok=True)
+        # A directory the bench made holds ours' disk weights, accelerate's offload and the profile's
+        # files (tens of GB for OPT-30B): removed when the run ends, or at exit if it never does.
+        # A directory the user names is kept: ours reuses the weights it stored there.
+        self._remove_own_dir = weakref.finalize(self, shutil.rmtree, self.offload_dir, True) \
+            if cfg.offload_dir is None else None
         self.budget = self._budget()
         self.alternate = cfg.alternate if cfg.alternate is not None else self.device.type == "cpu"
         self.entries: dict[str, Entry] = {}
@@ -386,6 +393,12 @@ class Bench:
         self.log(f"    {e.name:14s} b={e.batch:<4d} {phase:8s} {seconds:8.2f} s   load avg {load_avg()}")
 
     def run(self) -> dict:
+        try:
+            return self._run()
+        finally:
+            self.close()
+
+    def _run(self) -> dict:
         cfg = self.cfg
         started = datetime.now(timezone.utc)
         self.load_start = load_avg()
@@ -441,6 +454,11 @@ class Bench:
                     e.system.close()
                     e.system = None
         return self.result(started)
+
+    def close(self):
+        """Remove the offload directory if the bench made it."""
+        if self._remove_own_dir is not None:
+            self._remove_own_dir()
 
     # -- results ---------------------------------------------------------------------------
     def _summary(self, e: Entry) -> dict:
