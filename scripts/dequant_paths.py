@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -18,20 +17,7 @@ import torch  # noqa: E402
 
 from flexgen_core import compression  # noqa: E402
 from flexgen_core.compression import QuantConfig, dequantize, quantize  # noqa: E402
-
-
-def seconds(fn, device: torch.device, repeat: int = 5) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return best
+from flexgen_core.hardware import _mean_time  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -45,10 +31,11 @@ def main(argv=None) -> int:
     x = (torch.randn(args.n, args.n, device=device) * 0.02).half()
     packed = quantize(x, cfg)
     out = torch.empty_like(x)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     results, values = {}, {}
     for name, devices in (("two-pass", {device.type}), ("general", set())):
         compression.TWO_PASS_DEVICES = devices
-        s = seconds(lambda: dequantize(packed, args.n, cfg, torch.float16, out=out), device)
+        s = _mean_time(lambda: dequantize(packed, args.n, cfg, torch.float16, out=out), sync, 0.5)
         results[name] = {"seconds": s, "g_values_per_s": args.n * args.n / s / 1e9}
         values[name] = out.clone()
         print(f"{name:9s} {s * 1e3:8.2f} ms  {results[name]['g_values_per_s']:8.2f} G values/s")
