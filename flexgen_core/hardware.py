@@ -207,6 +207,23 @@ def load_profile(name_or_path) -> HardwareProfile:
 
 
 
+def guess_preset(device) -> HardwareProfile:
+    """The preset closest to a compute device (`flexgen-eval profile` measures the real one)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return PRESETS["cpu"]
+    name = torch.cuda.get_device_name(device).lower()
+    total = torch.cuda.get_device_properties(device).total_memory
+    if "h100" in name or "h200" in name:
+        return PRESETS["h100"]
+    if "a100" in name:
+        return PRESETS["a100-80g" if total > 60 * 2**30 else "a100-40g"]
+    if "4090" in name:
+        return PRESETS["rtx4090"]
+    return PRESETS["t4"]
+
 
 # -- measuring this machine ------------------------------------------------------------
 

@@ -1,11 +1,13 @@
 """LLM: the public entry point of the runtime."""
 from __future__ import annotations
 
+import logging
 import os
 import time
 
 import torch
 
+from .completion import Completion, OnBlock
 from .compression import QuantConfig
 from .families import family_of
 from .jobs import GenerationJob, ScoringJob
@@ -26,6 +28,8 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.flo
 SHARED_PREFIX_MIN = 16  # a shorter prefix common to a block's prompts is recomputed per row
 PACKED_ROW_TOKENS = 2048  # longest row prompt_logprobs packs alike prompts into
 PROMPT_BUCKET = 64  # prompt lengths planned together (a bucket is planned for its longest)
+
+log = logging.getLogger(__name__)
 
 
 def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
@@ -70,6 +74,7 @@ class LLM:
         self.last_run: dict = {}
         self.totals: dict = {}  # per kind ("generate", "score"): calls, rows, tokens (generated or scored), seconds
         self.plan = None  # the planner's Plan when the policy was chosen automatically
+        self.budgets = None  # the machine.Budgets it was planned within
         self.share_prefixes = True  # compute prompt prefixes that rows share once (generate, scoring)
         self.replan: dict | None = None  # planner arguments, to plan each bucket of lengths again
         self.bucket_plans: dict = {}  # (prompt bucket, new tokens) -> Plan
@@ -80,10 +85,13 @@ class LLM:
     def from_pretrained(cls, name_or_dir: str, policy: Policy | None = None, device=None, dtype=None,
                         offload_dir: str | None = None, dummy_weights: bool = False, memory: dict | None = None,
                         progress: bool = False, hardware=None, workload: tuple[int, int] = (512, 32),
-                        compress_weight: bool = False, compress_cache: bool = False) -> "LLM":
-        """Load a model. With `memory` ({"gpu": "16GiB", "cpu": ..., "disk": ...}) and no `policy`,
-        the planner picks the placement for `workload` = (prompt tokens, generated tokens) on
-        `hardware` (a preset name, a profile file, or None: guessed from the device)."""
+                        compress_weight: bool = False, compress_cache: bool = False,
+                        max_block_size: int | None = None) -> "LLM":
+        """Load a model. Without a `policy` the planner places the weights for `workload` = (prompt
+        tokens, generated tokens) within `memory` ({"gpu": "16GiB", "cpu": ..., "disk": ...}; a tier
+        not named gets what the machine has, see machine.py) on `hardware` (a preset name, a profile
+        file, or None: this machine's), and plans each bucket of request lengths again as requests
+        arrive, with the weights where they were loaded. `max_block_size` caps every planned block."""
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' was requested but no CUDA device is available")
@@ -95,17 +103,12 @@ class LLM:
         else:
             path = resolve_checkpoint(str(name_or_dir))
             spec = ModelSpec.from_dir(path)
-        plan = replan = None
-        if policy is None and memory is not None:
-            from .planner import plan_policy
-
-            replan = dict(memory=memory, hardware=hardware or guess_hardware(device),
-                          dtype_bytes=torch.empty((), dtype=dtype).element_size(),
-                          compress_weight=compress_weight, compress_cache=compress_cache)
-            plan = plan_policy(spec, workload[0], workload[1], **replan)
+        plan = replan = budgets = None
+        if policy is None:
+            budgets, replan, plan = _plan_at_load(spec, device, dtype, offload_dir, memory, hardware, workload,
+                                                  compress_weight, compress_cache, max_block_size)
             policy = plan.policy
-        policy = policy or Policy(compress_weight=compress_weight, compress_cache=compress_cache)
-        if memory is not None:
+        if memory is not None and plan is None:
             check_fits(spec, policy, memory, dtype)
         tiers = TierSet(device, offload_dir)
         layers = family_of(spec).build_layers(spec)
@@ -126,7 +129,7 @@ class LLM:
                 bar.close()
         tokenizer = _load_tokenizer(path) if path else None
         llm = cls(spec, layers, weights, tiers, policy, dtype, tokenizer, path)
-        llm.plan, llm.replan = plan, replan
+        llm.plan, llm.replan, llm.budgets = plan, replan, budgets
         return llm
 
     def policy_for(self, prompt_len: int, new_tokens: int) -> Policy:
@@ -168,7 +171,11 @@ class LLM:
         self.close()
 
     # -- requests ---------------------------------------------------------------------
-    def generate(self, prompts: list[list[int]], params: SamplingParams | None = None) -> list[RequestOutput]:
+    # Each takes `on_block`: called after every block with [(request index, result), ...] for the
+    # requests the block finished, so a caller can store results as they come (a resumable run).
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams | None = None,
+                 on_block: OnBlock | None = None) -> list[RequestOutput]:
         params = params or SamplingParams()
         self._check_prompts(prompts, extra=params.max_new_tokens)
         if params.stop and self.tokenizer is None:
@@ -182,6 +189,20 @@ class LLM:
                 samplers.append(RowSampler(params, i, c))
                 owners.append(i)
         results = [None] * len(rows)
+        rows_of = [[] for _ in prompts]
+        for r, i in enumerate(owners):
+            rows_of[i].append(r)
+
+        def assemble(i):
+            completions = [results[r] for r in rows_of[i]]
+            if copies == 1 and params.n > 1:
+                first = completions[0]
+                completions = [CompletionOutput(c, list(first.token_ids), list(first.logprobs),
+                                                list(first.top_logprobs), first.text, first.finish_reason)
+                               for c in range(params.n)]
+            return [(i, RequestOutput(list(prompts[i]), completions))]
+
+        done = Completion(owners, assemble, on_block)
         eos = self.spec.eos_token_ids
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             eos = tuple(set(eos) | {self.tokenizer.eos_token_id})
@@ -198,19 +219,12 @@ class LLM:
             for r, i in enumerate(block):
                 results[i] = self._completion(job, r, samplers[i].completion_index)
                 generated += len(results[i].token_ids)
+            done.rows_done(block)
         self._record("generate", start, generated, len(rows))
         self.last_run["step_seconds"] = step_seconds  # per block: each token step (host time)
-        outputs = [RequestOutput(list(p), []) for p in prompts]
-        for i, completion in zip(owners, results):
-            outputs[i].outputs.append(completion)
-        if copies == 1 and params.n > 1:
-            for out in outputs:
-                first = out.outputs[0]
-                out.outputs = [CompletionOutput(c, list(first.token_ids), list(first.logprobs), list(first.top_logprobs),
-                                                first.text, first.finish_reason) for c in range(params.n)]
-        return outputs
+        return done.in_order(len(prompts))
 
-    def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[ScoreOutput]:
+    def score(self, pairs: list[tuple[list[int], list[int]]], on_block: OnBlock | None = None) -> list[ScoreOutput]:
         """Log-probs of each continuation given its context, and whether greedy decoding would produce it."""
         rows, targets = [], []
         for context, continuation in pairs:
@@ -219,42 +233,56 @@ class LLM:
             seq = list(context) + list(continuation)
             rows.append(seq[:-1])
             targets.append([(len(context) - 1 + i, tok) for i, tok in enumerate(continuation)])
-        job = self._run_scoring(rows, targets)
-        return [ScoreOutput(job_lp, all(g)) for job_lp, g in job]
+        scored = [None] * len(rows)
+        done = Completion(list(range(len(rows))), lambda i: [(i, ScoreOutput(scored[i][0], all(scored[i][1])))], on_block)
+        self._run_scoring(rows, targets, scored, done)
+        return done.in_order(len(rows))
 
-    def score_choices(self, groups: list[tuple[list[int], list[list[int]]]]) -> list[list[ScoreOutput]]:
+    def score_choices(self, groups: list[tuple[list[int], list[list[int]]]],
+                      on_block: OnBlock | None = None) -> list[list[ScoreOutput]]:
         """Like score() for several continuations of one context, computing the context once."""
-        rows, targets, positions, segments, owners = [], [], [], [], []
+        rows, targets, positions, segments, owners, packs_of = [], [], [], [], [], []
         for g, (context, continuations) in enumerate(groups):
             if not context or not continuations or any(not c for c in continuations):
                 raise ValueError("score_choices() needs a non-empty context and non-empty continuations in every group")
+            packs_of.append([])
             for pack in pack_choices(list(context), [list(c) for c in continuations], self.spec.max_seq_len):
+                packs_of[g].append((len(rows), pack.owners))
                 rows.append(pack.tokens)
                 targets.append(pack.targets)
                 positions.append(pack.positions)
                 segments.append(pack.segments)
-                owners.append((g, pack.owners))
-        scored = self._run_scoring(rows, targets, positions, segments)
-        per_choice = [[([], []) for _ in continuations] for _, continuations in groups]
-        for (g, choice_of_target), (logprobs, greedy) in zip(owners, scored):
-            for c, lp, is_greedy in zip(choice_of_target, logprobs, greedy):
-                per_choice[g][c][0].append(lp)
-                per_choice[g][c][1].append(is_greedy)
-        return [[ScoreOutput(lp, all(gr)) for lp, gr in group] for group in per_choice]
+                owners.append(g)
+        scored = [None] * len(rows)
 
-    def prompt_logprobs(self, prompts: list[list[int]]) -> list[list[float | None]]:
+        def assemble(g):
+            per_choice = [([], []) for _ in groups[g][1]]
+            for r, choice_of_target in packs_of[g]:
+                for c, lp, is_greedy in zip(choice_of_target, *scored[r]):
+                    per_choice[c][0].append(lp)
+                    per_choice[c][1].append(is_greedy)
+            return [(g, [ScoreOutput(lp, all(gr)) for lp, gr in per_choice])]
+
+        done = Completion(owners, assemble, on_block)
+        self._run_scoring(rows, targets, scored, done, positions, segments)
+        return done.in_order(len(groups))
+
+    def prompt_logprobs(self, prompts: list[list[int]], on_block: OnBlock | None = None) -> list[list[float | None]]:
         """Per-token log-probs of each prompt; the first token has none. Prompts that start alike
         (one question with each of its answers, as HELM's separate multiple-choice methods send
         them) are packed into one row per group, so the shared start is computed once."""
-        rows, targets, positions, segments, plans = [], [], [], [], []
-        for members, shared in prefix_groups(prompts, SHARED_PREFIX_MIN if self.share_prefixes else None):
+        rows, targets, positions, segments, owners, groups = [], [], [], [], [], []
+        for g, (members, shared) in enumerate(prefix_groups(prompts, SHARED_PREFIX_MIN if self.share_prefixes
+                                                            else None)):
+            groups.append((members, []))  # its rows: (row index, context targets it holds, owner of each target)
             if shared == 0:  # on its own: one causal row
                 p = prompts[members[0]]
+                groups[g][1].append((len(rows), 0, None))
                 rows.append(list(p[:-1]) if len(p) > 1 else list(p))
                 targets.append([(i, p[i + 1]) for i in range(len(p) - 1)])
                 positions.append(list(range(len(rows[-1]))))
                 segments.append([0] * len(rows[-1]))
-                plans.append((members, 0, None))
+                owners.append(g)
                 continue
             context = list(prompts[members[0]][:shared])
             own = [(j, context[j + 1]) for j in range(shared - 1)]  # the shared part's own tokens
@@ -263,26 +291,27 @@ class LLM:
             # attention is quadratic in its length, however few of its positions see each other
             row_len = min(self.spec.max_seq_len, max(PACKED_ROW_TOKENS, shared + max(map(len, suffixes))))
             for n, pack in enumerate(pack_choices(context, suffixes, row_len)):
+                groups[g][1].append((len(rows), len(own) if n == 0 else 0, pack.owners))
                 rows.append(pack.tokens)
                 targets.append((own if n == 0 else []) + pack.targets)
                 positions.append(pack.positions)
                 segments.append(pack.segments)
-                plans.append((members, len(own) if n == 0 else None, pack.owners))
-        scored = self._run_scoring(rows, targets, positions, segments)
-        out: list[list[float | None] | None] = [None] * len(prompts)
-        context_lps = {}
-        for (members, n_own, owners), (lps, _) in zip(plans, scored):
-            if owners is None:
-                out[members[0]] = [None] + lps
-                continue
-            if n_own is not None:
-                context_lps[members[0]], lps = lps[:n_own], lps[n_own:]
-            for choice, lp in zip(owners, lps):
-                i = members[choice]
-                if out[i] is None:
-                    out[i] = [None] + context_lps[members[0]]
-                out[i].append(lp)
-        return out
+                owners.append(g)
+        scored = [None] * len(rows)
+
+        def assemble(g):
+            members, group_rows = groups[g]
+            if group_rows[0][2] is None:
+                return [(members[0], [None] + scored[group_rows[0][0]][0])]
+            out, context_lps = {}, scored[group_rows[0][0]][0][:group_rows[0][1]]
+            for r, n_own, choice_of_target in group_rows:
+                for choice, lp in zip(choice_of_target, scored[r][0][n_own:]):
+                    out.setdefault(members[choice], [None] + context_lps).append(lp)
+            return sorted(out.items())
+
+        done = Completion(owners, assemble, on_block)
+        self._run_scoring(rows, targets, scored, done, positions, segments)
+        return done.in_order(len(prompts))
 
     # -- internals ----------------------------------------------------------------------
     def _shared_prefix(self, rows: list[list[int]], policy: Policy, limit: int | None = None) -> int:
@@ -299,10 +328,10 @@ class LLM:
             limit = common_prefix(rows[0], r, limit)
         return limit if limit >= SHARED_PREFIX_MIN else 0
 
-    def _run_scoring(self, rows, targets, positions=None, segments=None):
-        """Log-probs at the targets; a block's common prefix is computed once when no target falls in it."""
+    def _run_scoring(self, rows, targets, scored: list, done: Completion, positions=None, segments=None):
+        """scored[i] = (log-probs, greedy flags) at row i's targets, block by block; a block's common
+        prefix is computed once when no target falls in it."""
         self._check_prompts(rows)
-        results = [None] * len(rows)
         start = time.perf_counter()
         for block, policy in self._blocks(rows, 1):
             block_rows = [rows[i] for i in block]
@@ -315,9 +344,9 @@ class LLM:
             with torch.inference_mode():
                 self.scheduler.run(job, policy)
             for r, i in enumerate(block):
-                results[i] = (job.logprobs[r], job.greedy[r])
+                scored[i] = (job.logprobs[r], job.greedy[r])
+            done.rows_done(block)
         self._record("score", start, sum(len(r) for r in rows), len(rows))
-        return results
 
     def _blocks(self, rows, new_tokens: int):
         """(row indices, policy) per block, as many rows as the policy for the block's longest row
@@ -375,19 +404,25 @@ class LLM:
         return stats
 
 
-def guess_hardware(device: torch.device) -> str:
-    """The preset closest to the compute device (`flexgen-eval profile` measures the real one)."""
-    if device.type != "cuda":
-        return "cpu"
-    name = torch.cuda.get_device_name(device).lower()
-    total = torch.cuda.get_device_properties(device).total_memory
-    if "h100" in name or "h200" in name:
-        return "h100"
-    if "a100" in name:
-        return "a100-80g" if total > 60 * 2**30 else "a100-40g"
-    if "4090" in name:
-        return "rtx4090"
-    return "t4"
+def _plan_at_load(spec, device, dtype, offload_dir, memory, hardware, workload, compress_weight, compress_cache,
+                  max_block_size):
+    """(budgets, planner arguments for later buckets, the plan that places the weights)."""
+    from .machine import default_hardware, resolve_budgets
+    from .planner import InfeasibleBudget, plan_policy
+
+    budgets = resolve_budgets(memory, device, offload_dir)
+    replan = dict(memory=budgets.bytes, hardware=hardware or default_hardware(device, offload_dir),
+                  dtype_bytes=torch.empty((), dtype=dtype).element_size(), compress_weight=compress_weight,
+                  compress_cache=compress_cache, max_block_size=max_block_size)
+    gen_len = max(1, min(workload[1], spec.max_seq_len // 2))
+    prompt_len = max(1, min(workload[0], spec.max_seq_len - gen_len))
+    try:
+        plan = plan_policy(spec, prompt_len, gen_len, **replan)
+    except InfeasibleBudget as e:
+        raise InfeasibleBudget(f"{e} [{budgets.describe()}]", e.shortfall) from None
+    log.info("%s", budgets.describe())
+    log.info("planned for prompt %d + gen %d: %s", prompt_len, gen_len, plan.policy.describe())
+    return budgets, replan, plan
 
 
 def check_fits(spec: ModelSpec, policy: Policy, memory: dict, dtype: torch.dtype):

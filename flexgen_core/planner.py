@@ -173,6 +173,8 @@ def plan_policy(spec: ModelSpec, prompt_len: int, gen_len: int, memory: dict,
                 candidate = _policy_from(found[1], shape(b, k, attn))
                 if weights is not None:  # exactly as loaded, not as rounded back from the LP
                     candidate = candidate.with_(weights=tuple(weights))
+                if gen_len == 1:  # one step keeps no cache: say so rather than the LP's arbitrary vertex
+                    candidate = candidate.with_(cache=(100.0, 0.0, 0.0))
                 est = model.evaluate(candidate)
                 if best is None or est.throughput > best[1].throughput * (1 + 1e-9):
                     best = (model, est)
@@ -317,6 +319,10 @@ def _infeasible(spec, prompt_len, gen_len, hw, dt, shape, budget, usable, margin
              f"{format_size(budget[t])} less the {margin:.0%} margin = {format_size(usable[t])})"
              for t, v in short.items()]
     what = "; ".join(parts) or "no placement fits"
+    if short:  # overflow is charged to the slowest tier first: these are the cheapest bytes to add
+        what += ". The cheapest fix: " + " and ".join(
+            f"a {t} budget of at least {format_size((usable[t] + v) / (1 - margin))}" for t, v in short.items())
+        what += "" if shape.compress_weight else ", or compressed weights (compress_weight)"
     return InfeasibleBudget(
         f"{spec.name or spec.family} does not fit the memory budget at prompt {prompt_len} + gen {gen_len} "
         f"even with one sequence per block: {what}", short)
