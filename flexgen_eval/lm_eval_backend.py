@@ -18,18 +18,11 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from flexgen_core import LLM, Policy, SamplingParams
-from flexgen_core.llm import SHARED_PREFIX_MIN
 from flexgen_core.policy import parse_cpu_attention
-from flexgen_core.prefix_sharing import alike_order
 from flexgen_eval import run_stats
 
-log = logging.getLogger(__name__)
-
-# model_args that choose an explicit policy; without any of them the runtime (or its planner,
-# given memory budgets) decides.
-POLICY_ARGS = ("percent", "gpu_batch_size", "num_gpu_batches", "cpu_attention", "overlap",
-               "compress_weight", "compress_cache")
-
+# under lm-eval's logger, so its --verbosity shows the budgets and the plan
+log = logging.getLogger("lm_eval.models.flexgen")
 
 def parse_percent(value) -> list[float]:
     """FlexGen's --percent from model_args: a list (the CLI parses `[20,80,...]`), JSON, or '20 80 ...'."""
@@ -95,23 +88,33 @@ class FlexGenLM(TemplateLM):
                  percent=None, gpu_batch_size=None, num_gpu_batches=None, cpu_attention=None, overlap=None,
                  compress_weight=None, compress_cache=None, dummy_weights=False, tokenizer=None,
                  add_bos_token=None, prefix_token_id=None, max_length=None, max_gen_toks=256,
-                 chunk_blocks=1, llm: LLM | None = None, **unknown):
+                 chunk_blocks=None, hardware=None, llm: LLM | None = None, **unknown):
         super().__init__()
         if unknown:
             raise TypeError(f"flexgen: unknown model_args {sorted(unknown)}; see flexgen_eval/lm_eval_backend.py")
         if llm is None and not pretrained:
             raise ValueError("flexgen: model_args need pretrained=<hub id or checkpoint dir>")
-        # The CLI's --batch_size defaults to "1"; only an explicit larger number is a block-shape hint.
-        if gpu_batch_size is None and str(batch_size).isdigit() and int(batch_size) > 1:
-            gpu_batch_size = int(batch_size)
+        if chunk_blocks is not None:
+            log.warning("flexgen: chunk_blocks has no effect any more: results arrive as each block finishes")
+        # The CLI's --batch_size defaults to "1" and may be "auto": both leave the block to the planner.
+        # A larger number caps every planned block, or is the GPU batch of an explicit policy.
+        cap = int(batch_size) if str(batch_size).isdigit() and int(batch_size) > 1 else None
+        if cap is None and str(max_batch_size).isdigit():
+            cap = int(max_batch_size)
+        explicit = percent is not None or any(v is not None for v in (gpu_batch_size, num_gpu_batches, cpu_attention,
+                                                                       overlap))
+        if explicit and gpu_batch_size is None and cap is not None:
+            gpu_batch_size = cap
         policy = build_policy(percent, gpu_batch_size=gpu_batch_size, num_gpu_batches=num_gpu_batches,
                               cpu_attention=cpu_attention, overlap=overlap, compress_weight=compress_weight,
-                              compress_cache=compress_cache)
+                              compress_cache=compress_cache) if explicit else None
         memory = {k: v for k, v in (("gpu", gpu_mem), ("cpu", cpu_mem), ("disk", disk_mem)) if v is not None}
         if llm is None:
             llm = LLM.from_pretrained(str(pretrained), policy=policy, device=resolve_device(device), dtype=dtype,
                                       offload_dir=offload_dir, dummy_weights=_as_bool("dummy_weights", dummy_weights),
-                                      memory=memory or None)
+                                      memory=memory or None, max_block_size=cap, hardware=hardware,
+                                      compress_weight=_as_bool("compress_weight", compress_weight or False),
+                                      compress_cache=_as_bool("compress_cache", compress_cache or False))
             run_stats.track(llm, "lm_eval")
         self.llm = llm
         self._device = llm.device
@@ -123,8 +126,10 @@ class FlexGenLM(TemplateLM):
         limit = llm.spec.max_seq_len
         self._max_length = min(int(max_length), limit) if max_length else limit
         self._max_gen_toks = int(max_gen_toks)
-        self.chunk_rows = llm.policy.block_size * max(1, int(chunk_blocks))
-        log.info("flexgen policy: %s", llm.policy.describe())
+        if llm.budgets is not None:
+            log.info("flexgen %s", llm.budgets.describe())
+        log.info("flexgen %s: %s", "planned" if llm.replan else "policy", llm.policy.describe()
+                 + ("; each bucket of request lengths is planned again" if llm.replan else ""))
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
@@ -255,10 +260,11 @@ class FlexGenLM(TemplateLM):
         bar.update(1)
 
     def _score(self, pairs, done, bar):
-        """Score (context ids, continuation ids) pairs; done(i, ScoreOutput) as results arrive.
+        """Score (context ids, continuation ids) pairs; done(i, ScoreOutput) as each block finishes.
 
         Pairs that share a context become one group, so the context is computed once for all of
-        its continuations (multiple choice); identical pairs are scored once.
+        its continuations (multiple choice); identical pairs are scored once. All groups go to the
+        runtime at once: it cuts them into its planned blocks, alike contexts together.
         """
         limit = self.max_length + 1  # HFLM keeps the last max_length+1 tokens, dropping context from the left
         groups: dict[tuple, dict[tuple, list[int]]] = defaultdict(dict)
@@ -267,32 +273,19 @@ class FlexGenLM(TemplateLM):
                 raise ValueError(f"flexgen: continuation of {len(cont)} tokens; must be 1..{self.max_length}")
             ctx = tuple(ctx[-(limit - len(cont)):])
             groups[ctx].setdefault(tuple(cont), []).append(i)
-        # longest first, as HFLM does (time estimates err high, memory peaks come first), but
-        # contexts that start alike (few-shot examples) in chunks of their own, which share them
         items = list(groups.items())
-        sizes = [len(ctx) + sum(len(c) for c in conts) for ctx, conts in items]
-        order = [items[i] for i in alike_order([list(ctx) for ctx in groups], self._min_shared(), self.chunk_rows, sizes)]
-        shared = hasattr(self.llm, "score_choices")
-        for start in range(0, len(order), self.chunk_rows):
-            chunk = order[start:start + self.chunk_rows]
-            if shared:
-                outs = self.llm.score_choices([(list(ctx), [list(c) for c in conts]) for ctx, conts in chunk])
-            else:
-                flat = self.llm.score([(list(ctx), list(c)) for ctx, conts in chunk for c in conts])
-                outs, k = [], 0
-                for _, conts in chunk:
-                    outs.append(flat[k:k + len(conts)])
-                    k += len(conts)
+
+        def finished(results):
             tokens = 0
-            for (ctx, conts), group_out in zip(chunk, outs):
+            for g, group_out in results:
+                ctx, conts = items[g]
                 tokens += len(ctx) + sum(len(c) for c in conts)
                 for indices, out in zip(conts.values(), group_out):
                     for i in indices:
                         done(i, out)
             bar.add_tokens(tokens)
 
-    def _min_shared(self) -> int | None:
-        return SHARED_PREFIX_MIN if getattr(self.llm, "share_prefixes", False) else None
+        self.llm.score_choices([(list(ctx), [list(c) for c in conts]) for ctx, conts in items], on_block=finished)
 
     # -- generation -----------------------------------------------------------------------
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
@@ -310,22 +303,21 @@ class FlexGenLM(TemplateLM):
             if max_gen_toks >= self.max_length:
                 raise ValueError(f"flexgen: max_gen_toks {max_gen_toks} must be below the context {self.max_length}")
             params = self._sampling_params(kwargs, until, max_gen_toks)
-            prompts = {i: self.tok_encode(requests[i].args[0], left_truncate_len=self.max_length - max_gen_toks)
-                       for i in indices}
-            order = [indices[j] for j in alike_order([prompts[i] for i in indices], self._min_shared(),
-                                                     self.chunk_rows)]
-            for start in range(0, len(order), self.chunk_rows):
-                chunk = order[start:start + self.chunk_rows]
-                outs = self.llm.generate([prompts[i] for i in chunk], params)
+            prompts = [self.tok_encode(requests[i].args[0], left_truncate_len=self.max_length - max_gen_toks)
+                       for i in indices]
+
+            def finished(outs, indices=indices, prompts=prompts, until=until):
                 tokens = 0
-                for i, out in zip(chunk, outs):
+                for j, out in outs:
                     completion = out.outputs[0]
-                    tokens += len(prompts[i]) + len(completion.token_ids)
+                    tokens += len(prompts[j]) + len(completion.token_ids)
                     text = postprocess_generated_text(self.tok_decode(completion.token_ids), until, None)
-                    results[i] = text
-                    self.cache_hook.add_partial("generate_until", requests[i].args, text)
+                    results[indices[j]] = text
+                    self.cache_hook.add_partial("generate_until", requests[indices[j]].args, text)
                     bar.update(1)
                 bar.add_tokens(tokens)
+
+            self.llm.generate(prompts, params, on_block=finished)
         bar.close()
         return results
 

@@ -34,17 +34,19 @@ ACCURACY = ("exact_match", "quasi_exact_match", "prefix_exact_match", "quasi_pre
             "f1_set_match", "iou_set_match", "exact_set_match")
 
 
-def configs(model_dir: str) -> dict:
+def configs(model_dir: str, batched_threads: int = 1) -> dict:
     hf_name = "huggingface/" + os.path.basename(model_dir.rstrip("/"))
     hf = (hf_name, ["--enable-local-huggingface-models", model_dir])
     fg = (FLEXGEN_NAME, [])
     return {"hf-n1": (*hf, ["-n", "1"]), "hf-n4": (*hf, ["-n", "4"]),
-            "flexgen-batched": (*fg, ["-n", "1", "--runner-class-name", RUNNER]),
+            "flexgen-batched": (*fg, ["-n", str(batched_threads), "--runner-class-name", RUNNER]),
             "flexgen-n4": (*fg, ["-n", "4"])}
 
 
-def helm_run(work: str, suite: str, entry: str, model: str, extra: list, max_eval: int) -> dict:
-    cmd = [os.path.join(BIN, "helm-run"), "--run-entries", f"{entry},model={model}", "--suite", suite,
+def helm_run(work: str, suite: str, entry: str | list, model: str, extra: list, max_eval: int) -> dict:
+    """One helm-run over one run entry, or several (then `per_entry` holds each one's executor time)."""
+    entries = [entry] if isinstance(entry, str) else list(entry)
+    cmd = [os.path.join(BIN, "helm-run"), "--run-entries", *[f"{e},model={model}" for e in entries], "--suite", suite,
            "--max-eval-instances", str(max_eval), "--local-path", "prod_env", "-o", "out", "--disable-cache",
            *extra]
     load_before = os.getloadavg()[0]
@@ -57,7 +59,8 @@ def helm_run(work: str, suite: str, entry: str, model: str, extra: list, max_eva
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed (log: {work}/{suite}.log):\n{log[-2000:]}")
     execute, load = _execute_seconds(log), _load_seconds(log)
-    return {"wall_s": wall, "execute_s": execute, "load_s": load,
+    per_entry = _per_run_spec(log) if len(entries) > 1 else None
+    return {"wall_s": wall, "execute_s": execute, "load_s": load, "per_run_spec": per_entry,
             "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "requests_s": None if execute is None else round(execute - load, 3),
             "batches": [int(n) for n in re.findall(r"flexgen: batch of (\d+) requests", log)],
@@ -67,6 +70,16 @@ def helm_run(work: str, suite: str, entry: str, model: str, extra: list, max_eva
 def _execute_seconds(log: str) -> float | None:
     """Time of HELM's executor block (requests and model loading; no start-up or metrics)."""
     return _block_seconds(log, r"INFO(\s+)(Batching)?Executor\.execute \{$")
+
+
+def _per_run_spec(log: str) -> dict:
+    """{run spec name: executor seconds} of a helm-run over several run entries, in the order run."""
+    out, lines = {}, log.splitlines()
+    for i, line in enumerate(lines):
+        m = re.search(r"INFO\s+Running (\S+) \{$", line)
+        if m:
+            out[m.group(1)] = _block_seconds("\n".join(lines[i + 1:]), r"INFO(\s+)(Batching)?Executor\.execute \{$")
+    return out
 
 
 def _block_seconds(log: str, opening: str) -> float | None:
@@ -137,9 +150,14 @@ def resume_check(work: str, entry: str, max_eval: int, chunk: int = 4) -> dict:
             "requests": total, "recomputed": computed, "command": " ".join(cmd)}
 
 
-def run_dir(work: str, suite: str) -> str:
+def run_dir(work: str, suite: str, entry: str | None = None) -> str:
+    """The suite's one run directory, or the one of `entry` (a run entry without its model)."""
     runs = os.path.join(work, "out", "runs", suite)
-    (name,) = [d for d in os.listdir(runs) if os.path.isdir(os.path.join(runs, d)) and d != "eval_cache"]
+    names = [d for d in os.listdir(runs) if os.path.isdir(os.path.join(runs, d)) and d != "eval_cache"]
+    if entry is not None:
+        names = [d for d in names if d.startswith(entry.split(":")[0] + ":")
+                 and all(part in d for part in entry.split(":", 1)[1].split(","))]
+    (name,) = names
     return os.path.join(runs, name)
 
 
@@ -173,12 +191,12 @@ def aggregate(path: str) -> dict:
             if s["name"]["name"] in ACCURACY and s["name"].get("split") == "test" and not s["name"].get("perturbation")}
 
 
-def compare(work: str, suites: list) -> dict:
-    ref = run_dir(work, suites[0])
+def compare(work: str, suites: list, entry: str | None = None) -> dict:
+    ref = run_dir(work, suites[0], entry)
     ref_pred, ref_stats = predictions(ref), instance_stats(ref)
     result = {"requests": len(ref_pred), "instances": len({k.split("/")[0] for k in ref_stats})}
     for suite in suites[1:]:
-        path = run_dir(work, suite)
+        path = run_dir(work, suite, entry)
         pred, stats = predictions(path), instance_stats(path)
         text_diff = [k for k in ref_pred if pred.get(k, {}).get("text") != ref_pred[k]["text"]]
         stat_diff = [k for k in ref_stats if stats.get(k) != ref_stats[k]]
@@ -191,7 +209,9 @@ def compare(work: str, suites: list) -> dict:
     return result
 
 
-def setup(work: str, model_dir: str, data_dir: str, gpu_batch_size: int):
+def setup(work: str, model_dir: str, data_dir: str, gpu_batch_size: int | None):
+    """Offline data, and a prod_env as `flexgen-eval helm-config` writes it (no tuning flags when
+    gpu_batch_size is None: the runtime plans at load)."""
     from flexgen_eval.helm.offline_data import prepare
 
     os.makedirs(work, exist_ok=True)
@@ -200,8 +220,9 @@ def setup(work: str, model_dir: str, data_dir: str, gpu_batch_size: int):
 
     parser = argparse.ArgumentParser(prog="flexgen-eval")
     helm_config.register(parser.add_subparsers(dest="command"))
+    shape = [] if gpu_batch_size is None else ["--gpu-batch-size", str(gpu_batch_size)]
     args = parser.parse_args(["helm-config", "--model", model_dir, "--name", FLEXGEN_NAME,
-                              "--out", os.path.join(work, "prod_env"), "--gpu-batch-size", str(gpu_batch_size)])
+                              "--out", os.path.join(work, "prod_env"), *shape])
     args.func(args)
 
 
@@ -225,7 +246,11 @@ def main(argv=None) -> int:
     p.add_argument("--max-eval-instances", type=int, default=100)
     p.add_argument("--entries", nargs="+", default=list(ENTRIES), choices=list(ENTRIES))
     p.add_argument("--configs", nargs="+", default=["hf-n1", "hf-n4", "flexgen-batched", "flexgen-n4"])
-    p.add_argument("--gpu-batch-size", type=int, default=16)
+    p.add_argument("--gpu-batch-size", type=int, default=None,
+                   help="a fixed flexgen block (default: none, as helm-config writes it: planned at load)")
+    p.add_argument("--one-run", action="store_true",
+                   help="all entries in one helm-run per config (whole-run wall time, each entry's executor time)")
+    p.add_argument("--flexgen-threads", type=int, default=1, help="-n of the flexgen-batched config")
     p.add_argument("--work-dir", default="/tmp/flexgen-helm-bench")
     p.add_argument("--data-dir", default=os.environ.get("FLEXGEN_DATA_DIR"))
     p.add_argument("--out", default=os.path.join(ROOT, "results", "helm_smollm2"))
@@ -238,12 +263,15 @@ def main(argv=None) -> int:
 
     model_dir = fetch_model("smollm2-135m")
     setup(args.work_dir, model_dir, args.data_dir, args.gpu_batch_size)
-    cfgs = configs(model_dir)
+    cfgs = configs(model_dir, args.flexgen_threads)
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine(), "model": model_dir, "max_eval_instances": args.max_eval_instances,
               "gpu_batch_size": args.gpu_batch_size, "command": " ".join([os.path.relpath(sys.executable, ROOT),
                                                                           "scripts/bench_helm.py", *sys.argv[1:]]),
               "entries": {}}
+    if args.one_run:
+        together(args, cfgs, report)
+        return 0
     for key in args.entries:
         timings = {}
         for cfg in args.configs:
@@ -264,6 +292,30 @@ def main(argv=None) -> int:
     return 0
 
 
+def together(args, cfgs: dict, report: dict):
+    """Every config runs all entries in one helm-run: whole wall time and each entry's executor."""
+    entries = [ENTRIES[k] for k in args.entries]
+    report["one_run"] = {"entries": dict(zip(args.entries, entries)), "timings": {}}
+    for cfg in args.configs:
+        model, flags, threads = cfgs[cfg]
+        print(f"[{time.strftime('%H:%M:%S')}] all-{cfg} ...", flush=True)
+        t = helm_run(args.work_dir, f"all-{cfg}", entries, model, flags + threads, args.max_eval_instances)
+        names = list(t["per_run_spec"] or {})
+        t["per_entry_execute_s"] = {k: next((t["per_run_spec"][n] for n in names if _entry_of(n, e)), None)
+                                    for k, e in zip(args.entries, entries)}
+        report["one_run"]["timings"][cfg] = t
+        print(f"    {t['wall_s']:.1f}s wall, per entry {t['per_entry_execute_s']}", flush=True)
+        _write(report, args.out)
+    report["one_run"]["comparison"] = {k: compare(args.work_dir, [f"all-{c}" for c in args.configs], e)
+                                       for k, e in zip(args.entries, entries)}
+    _write(report, args.out)
+
+
+def _entry_of(run_spec: str, entry: str) -> bool:
+    scenario, params = entry.split(":", 1)
+    return run_spec.startswith(scenario + ":") and all(p in run_spec for p in params.split(","))
+
+
 def rewrite(json_path: str):
     """Regenerate the markdown from a saved JSON report."""
     with open(json_path) as f:
@@ -281,6 +333,8 @@ def _write(report: dict, out: str):
 
 
 def markdown(r: dict) -> str:
+    if "one_run" in r:
+        return markdown_one_run(r)
     lines = [
         "# HELM on SmolLM2-135M-Instruct: flexgen client vs HELM's HuggingFace client",
         "",
@@ -291,7 +345,8 @@ def markdown(r: dict) -> str:
           for run in r.get("reruns", [])],
         f"- model: SmolLM2-135M-Instruct fp32 (`flexgen-eval fetch-model smollm2-135m`), chat template applied by "
         f"both clients (the default when the tokenizer has one), temperature 0, caches disabled, "
-        f"--max-eval-instances {r['max_eval_instances']}, flexgen block {r['gpu_batch_size']}x1",
+        f"--max-eval-instances {r['max_eval_instances']}, flexgen block "
+        + (f"{r['gpu_batch_size']}x1" if r.get("gpu_batch_size") else "planned (helm-config without tuning flags)"),
         "- configs: `hf-n1`/`hf-n4` = `helm-run --enable-local-huggingface-models DIR -n 1|4`; "
         "`flexgen-batched` = `--runner-class-name flexgen_eval.helm.runner.BatchingRunner`; "
         "`flexgen-n4` = stock runner `-n 4` (micro-batching inside the client)",
@@ -335,6 +390,56 @@ def markdown(r: dict) -> str:
                   f"finished, then run again: {v['recomputed']} of {v['requests']} requests recomputed "
                   f"(rerun exit code {v['rerun_rc']})."]
     lines += ["", NOTES, OBSERVATIONS]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_one_run(r: dict) -> str:
+    o = r["one_run"]
+    cfgs = list(o["timings"])
+    ref = cfgs[0]
+    lines = [
+        "# HELM on SmolLM2-135M-Instruct, every entry in one helm-run: flexgen client vs HELM's HuggingFace client",
+        "",
+        f"- date: {r['date']}",
+        f"- machine: {r['machine']}",
+        f"- command: `{r['command']}`",
+        f"- model: SmolLM2-135M-Instruct fp32, chat template applied by both clients (their default), temperature 0, "
+        f"caches disabled, --max-eval-instances {r['max_eval_instances']}; flexgen deployment: "
+        + (f"block {r['gpu_batch_size']}x1" if r.get("gpu_batch_size") else
+           "`flexgen-eval helm-config --model DIR --name NAME --out prod_env` (no tuning flags: planned at load)"),
+        f"- run entries: {', '.join(f'`{e}`' for e in o['entries'].values())}",
+        "- commands: " + "; ".join(f"{c}: `{o['timings'][c]['command']}`" for c in cfgs),
+        "- wall = the whole `helm-run` (start-up, every entry, metrics); executor = HELM's executor block of each "
+        "entry (the first one includes the lazy model load)",
+        "",
+        "| config | wall s | " + " | ".join(f"{k} executor s" for k in o["entries"]) + " | "
+        + " | ".join(f"{ref} / this ({k})" for k in ["wall", *o["entries"]]) + " |",
+        "|---|---:|" + "---:|" * len(o["entries"]) + "---:|" * (1 + len(o["entries"])),
+    ]
+    base = o["timings"][ref]
+    for c in cfgs:
+        t = o["timings"][c]
+        execs = [t["per_entry_execute_s"].get(k) for k in o["entries"]]
+        ratios = [base["wall_s"] / t["wall_s"]] + [
+            (base["per_entry_execute_s"][k] / t["per_entry_execute_s"][k])
+            if base["per_entry_execute_s"].get(k) and t["per_entry_execute_s"].get(k) else None for k in o["entries"]]
+        lines.append(f"| {c} | {t['wall_s']:.1f} | " + " | ".join(_num(x) for x in execs) + " | "
+                     + " | ".join("" if x is None else f"{x:.2f}x" for x in ratios) + " |")
+    lines += ["", f"## Predictions (against {ref})", "",
+              "| run entry | requests | config | text mismatches | accuracy-stat mismatches | accuracy |",
+              "|---|---|---|---|---|---|"]
+    for key, comp in o.get("comparison", {}).items():
+        for c in cfgs:
+            row = comp.get(f"all-{c}", {})
+            acc = ", ".join(f"{k} {v}" for k, v in row.get("accuracy", {}).items())
+            mism = "(reference)" if "text_mismatches" not in row else str(row["text_mismatches"])
+            lines.append(f"| {key} | {comp['requests']} | {c} | {mism} | {row.get('stat_mismatches', '')} | {acc} |")
+    flexgen = [c for c in cfgs if c.startswith("flexgen")]
+    for c in flexgen:
+        batches = o["timings"][c]["batches"]
+        if batches:
+            lines.append(f"\n{c}: runtime calls of {', '.join(map(str, batches))} requests (one per run spec).")
+    lines += ["", NOTES]
     return "\n".join(lines) + "\n"
 
 

@@ -28,11 +28,13 @@ TASKS = {"offline_arc_easy": 500, "offline_lambada_openai": 1000, "offline_hella
 HF_BATCH = {"offline_wikitext": 4}
 
 
-def lm_eval_command(model: str, model_args: str, task: str, limit: int, out_dir: str, batch_size: int,
+def lm_eval_command(model: str, model_args: str, task: str, limit: int, out_dir: str, batch_size: int | None,
                     num_fewshot: int | None = None) -> list[str]:
+    """`task` may be several, comma-separated (one process for all); batch_size None: the CLI's default."""
     return [os.path.join(os.path.dirname(sys.executable), "lm_eval"), "--model", model, "--model_args", model_args,
             "--tasks", task, "--include_path", os.path.join(REPO, "scenarios", "lm_eval"), "--limit", str(limit),
-            "--batch_size", str(batch_size), "--device", "cpu", "--log_samples", "--output_path", out_dir] + \
+            "--device", "cpu", "--log_samples", "--output_path", out_dir] + \
+        ([] if batch_size is None else ["--batch_size", str(batch_size)]) + \
         ([] if num_fewshot is None else ["--num_fewshot", str(num_fewshot)])
 
 
@@ -119,6 +121,11 @@ def main() -> int:
     parser.add_argument("--work", default="/tmp/flexgen-bench-lm-eval", help="lm_eval outputs and logs")
     parser.add_argument("--rounds", type=int, default=1,
                         help="runs of each backend per task, alternating hf and flexgen; the median is reported")
+    parser.add_argument("--planned", action="store_true",
+                        help="flexgen without --batch_size (planned blocks); hf keeps its --batch_size")
+    parser.add_argument("--one-run", action="store_true",
+                        help="all tasks in one lm_eval process per backend (--limit: --one-run-limit)")
+    parser.add_argument("--one-run-limit", type=int, default=300, help="documents per task with --one-run")
     args = parser.parse_args()
     if not os.environ.get("FLEXGEN_DATA_DIR"):
         parser.error("FLEXGEN_DATA_DIR is not set: point it at the shared benchmark data")
@@ -127,26 +134,34 @@ def main() -> int:
     model_dir = resolve_checkpoint(args.model)
     load_start = os.getloadavg()
     rows = []
-    for task in args.tasks.split(","):
+    tasks = args.tasks.split(",")
+    for task in tasks:
         if task not in TASKS:
             parser.error(f"unknown task {task!r}; known: {', '.join(TASKS)}")
-        limit = max(1, round(TASKS[task] * args.scale))
+    units = [",".join(tasks)] if args.one_run else tasks
+    for task in units:
+        parts = task.split(",")
+        limit = args.one_run_limit if args.one_run else max(1, round(TASKS[task] * args.scale))
         row = {"task": task, "limit": limit}
-        # the same command for both but --model: flexgen reads an explicit --batch_size as gpu_batch_size
-        batch = HF_BATCH.get(task, 16)
+        # the same command for both but --model (and --batch_size with --planned)
+        batch = min(HF_BATCH.get(t, 16) for t in parts)
         for k in range(args.rounds):  # alternating, so a change in the machine's load hits both
             for model, extra in (("hf", ""), ("flexgen", args.flexgen_args)):
                 model_args = f"pretrained={model_dir},dtype=float32" + (f",{extra}" if extra else "")
                 out_dir = os.path.join(args.work, model, task)
-                cmd = lm_eval_command(model, model_args, task, limit, out_dir, batch, args.num_fewshot)
+                size = None if (args.planned and model == "flexgen") else batch
+                cmd = lm_eval_command(model, model_args, task, limit, out_dir, size, args.num_fewshot)
                 print(f"[{task}] {model} round {k + 1}/{args.rounds}: {' '.join(cmd)}", flush=True)
                 row.setdefault(f"{model}_runs_seconds", []).append(run(cmd, out_dir + ".log"))
                 row[f"{model}_command"] = " ".join(cmd)
-                row[f"{model}_metrics"], row[f"{model}_samples"] = load_outputs(out_dir, task)
+                outputs = [load_outputs(out_dir, t) for t in parts]
+                row[f"{model}_metrics"] = {t: m for t, (m, _) in zip(parts, outputs)} if args.one_run else outputs[0][0]
+                row[f"{model}_samples"] = [r for _, rows_ in outputs for r in rows_]
         for model in ("hf", "flexgen"):
             row[f"{model}_seconds"] = statistics.median(row[f"{model}_runs_seconds"])
         row["speedup"] = row["hf_seconds"] / row["flexgen_seconds"]
-        row["identical_metrics"] = same_metrics(row["hf_metrics"], row["flexgen_metrics"])
+        row["identical_metrics"] = (all(same_metrics(row["hf_metrics"][t], row["flexgen_metrics"][t]) for t in parts)
+                                    if args.one_run else same_metrics(row["hf_metrics"], row["flexgen_metrics"]))
         row["max_loglik_diff"], row["mismatched_responses"] = sample_difference(row.pop("hf_samples"),
                                                                                  row.pop("flexgen_samples"))
         print(f"[{task}] hf {row['hf_seconds']:.1f}s flexgen {row['flexgen_seconds']:.1f}s "
@@ -154,7 +169,8 @@ def main() -> int:
         rows.append(row)
         report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   "command": " ".join([os.path.relpath(sys.executable, REPO)] + sys.argv), "model": model_dir,
-                  "scale": args.scale, "rounds": args.rounds, "num_fewshot": args.num_fewshot, "load_avg_start": load_start,
+                  "scale": args.scale, "rounds": args.rounds, "num_fewshot": args.num_fewshot,
+                  "planned": args.planned, "one_run": args.one_run, "load_avg_start": load_start,
                   "load_avg_end": os.getloadavg(), "machine": machine(), "runs": rows}
         os.makedirs(args.out, exist_ok=True)  # rewritten after every task, so a cut run keeps what finished
         with open(os.path.join(args.out, args.name + ".json"), "w") as f:
@@ -175,9 +191,14 @@ def markdown(report: dict) -> str:
         f"- command: `{report['command']}`",
         f"- model: `{report['model']}` (fp32)",
         f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, torch {m['torch']}, GPU: {m['gpu']}",
-        f"- documents: {report['scale']:g} x the issue's sizes; wall time of whole `lm_eval` processes "
-        "(start-up and model load included); the same `--batch_size` for both (flexgen: its gpu_batch_size), "
-        "4 for wikitext (HF needs ~26 GB at 16)",
+        (f"- documents: {report['runs'][0]['limit'] if report['runs'] else '-'} per task, all tasks in one `lm_eval` "
+         "process per backend" if report.get("one_run") else
+         f"- documents: {report['scale']:g} x the issue's sizes, one `lm_eval` process per task and backend")
+        + "; wall time of whole `lm_eval` processes (start-up and model load included); "
+        + ("hf at `--batch_size 16`, flexgen with no `--batch_size` (its planned blocks)" if report.get("planned") else
+           "the same `--batch_size` for both (flexgen: a cap on its planned blocks), 4 for wikitext (HF needs "
+           "~26 GB at 16)"),
+        "- commands: " + "; ".join(f"`{r[m + '_command']}`" for r in report["runs"] for m in ("hf", "flexgen")),
         f"- tasks finished: {len(report['runs'])}",
         f"- median of {report.get('rounds', 1)} run(s) per backend, hf and flexgen alternating; load average "
         f"at start / end: {', '.join(f'{x:.1f}' for x in report.get('load_avg_start', [])) or '-'} / "
@@ -194,7 +215,10 @@ def markdown(report: dict) -> str:
               "continuation per context run at the runtime's own speed. Timings from a shared machine vary "
               "run to run: rerun before quoting them.", "", "Metrics (hf / flexgen):", ""]
     for r in report["runs"]:
-        lines.append(f"- {r['task']}: {json.dumps(r['hf_metrics'])} / {json.dumps(r['flexgen_metrics'])}")
+        metrics = [(r["task"], r["hf_metrics"], r["flexgen_metrics"])] if not report.get("one_run") else \
+            [(t, r["hf_metrics"][t], r["flexgen_metrics"][t]) for t in r["hf_metrics"]]
+        for task, hf, fg in metrics:
+            lines.append(f"- {task}: {json.dumps(hf)} / {json.dumps(fg)}")
     return "\n".join(lines) + "\n"
 
 

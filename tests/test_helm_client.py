@@ -146,11 +146,11 @@ def test_prefetch_resumes_after_a_kill(tiny_llama_dir, tmp_path, monkeypatch):
     c = FlexGenClient(cfg, model=tiny_llama_dir, prefetch_chunk=4)
     real, calls = client_module.run_calls, []
 
-    def dies_on_second_chunk(shared, batch):
+    def dies_on_second_chunk(shared, batch, **kw):
         calls.append(len(batch))
         if len(calls) == 2:
             raise KeyboardInterrupt("killed")
-        return real(shared, batch)
+        return real(shared, batch, **kw)
 
     monkeypatch.setattr(client_module, "run_calls", dies_on_second_chunk)
     with pytest.raises(KeyboardInterrupt):
@@ -163,6 +163,48 @@ def test_prefetch_resumes_after_a_kill(tiny_llama_dir, tmp_path, monkeypatch):
     assert all(fresh.make_request(r).cached for r in requests)
 
 
+def test_the_default_deployment_plans_and_a_kill_loses_at_most_the_block_in_flight(tiny_llama_dir, tmp_path,
+                                                                                 monkeypatch):
+    import argparse
+
+    import yaml
+
+    from flexgen_eval.commands import helm_config
+
+    parser = argparse.ArgumentParser()
+    helm_config.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["helm-config", "--model", tiny_llama_dir, "--name", "tiny-planned",
+                              "--out", str(tmp_path / "prod_env")])
+    assert args.func(args) == 0
+    with open(tmp_path / "prod_env" / "model_deployments.yaml") as f:
+        (deployment,) = yaml.safe_load(f)["model_deployments"]
+    client_args = deployment["client_spec"]["args"]
+    assert not {"policy", "percent", "memory"} & set(client_args)  # nothing fixed: planned at load
+
+    cfg = SqliteCacheConfig(str(tmp_path / "flexgen.sqlite"))
+    c = FlexGenClient(cfg, **client_args)
+    llm = c.shared.llm
+    assert llm.plan is not None and all(s.startswith("detected") for s in llm.budgets.sources.values())
+    llm.replan["max_block_size"], llm.bucket_plans = 3, {}  # blocks of 3, so a run spec takes several
+    requests = [req(prompt=f"{PROMPT} {i}", max_tokens=4) for i in range(10)]
+    real, kept = client_module.run_calls, []
+
+    def killed_after_first_block(shared, calls, on_done=None):
+        def once(finished):
+            on_done(finished)
+            kept.append(len(finished))
+            raise KeyboardInterrupt("killed")
+        return real(shared, calls, on_done=once)
+
+    monkeypatch.setattr(client_module, "run_calls", killed_after_first_block)
+    with pytest.raises(KeyboardInterrupt):
+        c.prefetch(requests)
+    monkeypatch.setattr(client_module, "run_calls", real)
+    again = FlexGenClient(cfg, **client_args)
+    assert 1 <= kept[0] <= 3
+    assert again.prefetch(requests) == 10 - kept[0]  # the first block's results were cached before the kill
+
+
 def test_prefetch_keeps_alike_prompts_in_one_chunk(tiny_llama_dir, tmp_path, monkeypatch):
     """HELM's separate multiple-choice method: a question's answers must reach the runtime
     together for their shared start to be computed once, whatever their lengths."""
@@ -172,9 +214,9 @@ def test_prefetch_keeps_alike_prompts_in_one_chunk(tiny_llama_dir, tmp_path, mon
     c = FlexGenClient(BlackHoleCacheConfig(), model=tiny_llama_dir, prefetch_chunk=3)
     real, chunks = client_module.run_calls, []
 
-    def record(shared, calls):
+    def record(shared, calls, **kw):
         chunks.append({c.tokenizer.decode(list(call.prompt_ids)).split("?")[0][:10] for call in calls})
-        return real(shared, calls)
+        return real(shared, calls, **kw)
 
     monkeypatch.setattr(client_module, "run_calls", record)
     assert c.prefetch(requests) == 6

@@ -184,22 +184,28 @@ class _Interrupted(KeyboardInterrupt):
 
 
 class _CountingLLM:
-    """Delegates to an LLM, counting requests; raises (like a killed run) after `fail_after` calls."""
+    """Delegates to an LLM, counting requests as blocks hand them over; raises (like a killed run)
+    once `fail_after` blocks have finished."""
 
     def __init__(self, llm, fail_after=None):
-        self.llm, self.fail_after, self.calls, self.requests = llm, fail_after, 0, 0
+        self.llm, self.fail_after, self.calls, self.blocks, self.requests = llm, fail_after, 0, 0, 0
 
     def __getattr__(self, name):
         target = getattr(self.llm, name)
         if name not in ("score", "score_choices", "generate"):
             return target
 
-        def call(items, *args):
-            if self.fail_after is not None and self.calls >= self.fail_after:
-                raise _Interrupted
+        def call(items, *args, on_block=None):
             self.calls += 1
-            self.requests += sum(len(c) for _, c in items) if name == "score_choices" else len(items)
-            return target(items, *args)
+
+            def counted(results):
+                if self.fail_after is not None and self.blocks >= self.fail_after:
+                    raise _Interrupted
+                self.blocks += 1
+                self.requests += sum(len(items[i][1]) for i, _ in results) if name == "score_choices" else len(results)
+                on_block(results)
+
+            return target(items, *args, on_block=counted if on_block else None)
 
         return call
 
@@ -210,11 +216,12 @@ def test_use_cache_resumes_without_recomputing(flexgen_lm, tmp_path):
     reference = flexgen_lm.loglikelihood(requests)
     path = str(tmp_path / "cache.db")
 
-    flaky = _CountingLLM(llm, fail_after=2)  # 2 calls of 4 groups each (block 2x2), then "killed"
+    flaky = _CountingLLM(llm, fail_after=2)  # 2 blocks of 4 requests each (block 2x2), then "killed"
     killed = CachingLM(FlexGenLM(llm=flaky), path)
     with pytest.raises(_Interrupted):
         killed.loglikelihood(requests)
     killed.dbdict.close()  # what the process exit would do
+    assert flaky.requests == 8
 
     resumed = _CountingLLM(llm)
     results = CachingLM(FlexGenLM(llm=resumed), path).loglikelihood(requests)
@@ -255,6 +262,21 @@ def test_model_args(tiny_llama_dir):
     for bad in ("1.5", "sometimes"):
         with pytest.raises(ValueError, match="cpu_attention must be true, false or a share"):
             build_policy(percent="[0,100,0,100,100,0]", cpu_attention=bad)
+
+
+def test_without_a_policy_the_backend_plans_and_batch_size_caps_the_blocks(tiny_llama_dir):
+    requests = _instances("loglikelihood", [(f"Question: what is {i} plus two? Answer:", " four") for i in range(12)])
+    blocks = {}
+    for batch_size in ("1", "auto", "3"):
+        lm = FlexGenLM.create_from_arg_string(f"pretrained={tiny_llama_dir}", {"batch_size": batch_size, "device": "cpu"})
+        try:
+            assert lm.llm.replan is not None  # planned: no policy was named
+            lm.loglikelihood(requests)
+            blocks[batch_size] = {plan.policy.block_size for plan in lm.llm.bucket_plans.values()}
+        finally:
+            lm.llm.close()
+    assert min(blocks["1"]) > 3 and blocks["auto"] == blocks["1"]
+    assert max(blocks["3"]) <= 3
 
 
 # -- registration -------------------------------------------------------------------------------

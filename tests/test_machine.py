@@ -105,3 +105,18 @@ def test_a_cuda_device_plans_with_the_closest_preset_without_measuring(monkeypat
     monkeypatch.setattr(hardware, "measure_profile", lambda *a, **k: pytest.fail("measured a GPU at load"))
     monkeypatch.setattr(hardware, "guess_preset", lambda device: PRESETS["a100-80g"])
     assert machine.default_hardware("cuda", cache_dir=str(tmp_path)) is PRESETS["a100-80g"]
+
+
+def test_two_request_mixes_of_other_lengths_get_their_own_plans(readings, tiny_opt_dir, tmp_path):
+    """Only the device budget is named (2 MiB, so the cache competes with the weights there); the
+    rest is the machine's. Short prompts and long ones are planned apart, with the same outputs as
+    a fixed policy."""
+    with LLM.from_pretrained(tiny_opt_dir, memory={"gpu": "2MiB"}, hardware="cpu", offload_dir=str(tmp_path)) as llm:
+        short, long = [[5 + i] * 10 for i in range(6)], [[40 + i] * 100 for i in range(3)]
+        llm.generate(short, SamplingParams(max_new_tokens=4, ignore_eos=True))
+        llm.generate(long, SamplingParams(max_new_tokens=20, ignore_eos=True))
+        plans = {key: plan.policy for key, plan in llm.bucket_plans.items()}
+        assert set(plans) == {(64, 4), (128, 20)}
+        assert plans[64, 4] != plans[128, 20]
+        assert plans[64, 4].block_size > plans[128, 20].block_size  # longer rows: more cache per row
+        assert all(p.weights == llm.policy.weights for p in plans.values())

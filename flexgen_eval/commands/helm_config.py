@@ -4,8 +4,6 @@ from __future__ import annotations
 import os
 
 CHAT = {"auto": None, "on": True, "off": False}
-POLICY_FIELDS = ("weights", "cache", "activations", "gpu_batch_size", "num_gpu_batches", "cpu_attention",
-                 "compress_weight", "compress_cache")
 
 
 def register(subparsers):
@@ -17,7 +15,10 @@ def register(subparsers):
     p.add_argument("--model", required=True, help="local HF checkpoint dir, embedded model name, or hub id")
     p.add_argument("--name", required=True, help="HELM model name, 'org/model' (a bare name gets 'flexgen/')")
     p.add_argument("--out", default="prod_env", help="prod_env directory (default: %(default)s)")
-    mem = p.add_argument_group("placement (a memory budget for the planner, or an explicit policy)")
+    mem = p.add_argument_group(
+        "placement", "By default the runtime plans when helm-run loads the model: within the budgets named here "
+        "and, for every tier not named, what the machine has then; each bucket of request lengths is planned "
+        "again as requests arrive. --percent or a block shape fixes the policy instead.")
     mem.add_argument("--gpu-mem", help="compute-device memory budget, e.g. 16GiB")
     mem.add_argument("--cpu-mem", help="CPU memory budget, e.g. 200GB")
     mem.add_argument("--disk-mem", help="disk budget, e.g. 1.5TB")
@@ -28,9 +29,15 @@ def register(subparsers):
     mem.add_argument("--cpu-attention", action="store_true")
     mem.add_argument("--compress-weight", action="store_true")
     mem.add_argument("--compress-cache", action="store_true")
-    mem.add_argument("--hardware", help="planner hardware profile (preset or JSON; default: cpu without CUDA, else t4)")
-    mem.add_argument("--plan-prompt-len", type=int, default=512, help="prompt length the planner sizes for")
-    mem.add_argument("--plan-gen-len", type=int, default=32, help="generation length the planner sizes for")
+    mem.add_argument("--hardware", help="planner hardware profile, a preset or a JSON file from `flexgen-eval "
+                                        "profile` (default: this machine measured on a CPU, the closest preset on a GPU)")
+    mem.add_argument("--plan-prompt-len", type=int, default=512,
+                     help="prompt length the weights are placed for at load (default: %(default)s)")
+    mem.add_argument("--plan-gen-len", type=int, default=32,
+                     help="generation length the weights are placed for at load (default: %(default)s)")
+    p.add_argument("--prefetch-chunk", type=int,
+                   help="with the batching runner, requests handed to the runtime per call (default: a whole run "
+                        "spec; results are cached per block either way)")
     p.add_argument("--dtype", help="float32, float16 or bfloat16 (default: fp16 on GPU, fp32 on CPU)")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument("--offload-dir", help="directory for the disk tier")
@@ -58,19 +65,30 @@ def run(args) -> int:
         max_len = min(max_len, tokenizer.model_max_length)
 
     client_args = {"model": checkpoint}
-    policy, percent, note = _policy(args, spec, memory, max_len)
+    policy, percent = _policy(args)
     if percent is not None:
         client_args["percent"] = percent
     if policy:
         client_args["policy"] = policy
     if memory:
         client_args["memory"] = memory
-    for key in ("dtype", "device", "offload_dir"):
+    planned = policy is None and percent is None
+    if planned:
+        client_args.update({k: True for k in ("compress_weight", "compress_cache") if getattr(args, k)})
+        if args.hardware:
+            client_args["hardware"] = args.hardware
+        if (args.plan_prompt_len, args.plan_gen_len) != (512, 32):
+            client_args["workload"] = [args.plan_prompt_len, args.plan_gen_len]
+    for key in ("dtype", "device", "offload_dir", "prefetch_chunk"):
         if getattr(args, key):
             client_args[key] = getattr(args, key)
     if CHAT[args.chat_template] is not None:
         client_args["apply_chat_template"] = CHAT[args.chat_template]
-
+    note = None
+    if planned:
+        named = ", ".join(f"{t} {v}" for t, v in memory.items())
+        note = ("placement: planned when helm-run loads the model, within "
+                + (f"{named} and, for every tier not named, " if named else "") + "what the machine has then")
     new = deployment.entries(name, checkpoint, client_args, max_len, tokenizer, spec_num_parameters(spec))
     for path in deployment.write(args.out, new):
         print(f"wrote {path}")
@@ -81,31 +99,15 @@ def run(args) -> int:
     return 0
 
 
-def _policy(args, spec, memory, max_len):
-    """(policy fields, percent, note): explicit flags win; with only a budget, ask the planner."""
+def _policy(args):
+    """(policy fields, percent) when the flags fix a policy; (None, None) to plan at load."""
     shape = {k: getattr(args, k) for k in ("gpu_batch_size", "num_gpu_batches") if getattr(args, k)}
-    shape.update({k: True for k in ("cpu_attention", "compress_weight", "compress_cache") if getattr(args, k)})
-    if args.percent is not None:
-        return shape, list(args.percent), None
-    if not memory:
-        return shape, None, None
-    try:
-        from flexgen_core.planner import plan_policy
-    except ImportError:
-        return shape, None, "no planner available: the default policy will be checked against the budget"
-    import torch
-
-    on_gpu = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    gen_len = min(args.plan_gen_len, max_len // 2)
-    prompt_len = min(args.plan_prompt_len, max_len - gen_len)
-    plan = plan_policy(spec, prompt_len, gen_len, memory,
-                       hardware=args.hardware or ("t4" if on_gpu else "cpu"),
-                       compress_weight=args.compress_weight, compress_cache=args.compress_cache,
-                       cpu_attention=True if args.cpu_attention else None)
-    chosen = {k: getattr(plan.policy, k) for k in POLICY_FIELDS}
-    chosen = {k: list(v) if isinstance(v, tuple) else v for k, v in chosen.items()}
-    chosen.update(shape)  # an explicit block shape overrides the planner's
-    return chosen, None, f"planner: {plan.policy.describe()} (bound by {plan.binding})"
+    if args.cpu_attention:
+        shape["cpu_attention"] = True
+    if args.percent is None and not shape:
+        return None, None
+    shape.update({k: True for k in ("compress_weight", "compress_cache") if getattr(args, k)})
+    return shape, (list(args.percent) if args.percent is not None else None)
 
 
 def _tokenizer(checkpoint: str):

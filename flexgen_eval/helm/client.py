@@ -25,11 +25,19 @@ class FlexGenClient(CachingClient):
     def __init__(self, cache_config: CacheConfig, model: str, policy: dict | None = None, percent=None,
                  memory: dict | None = None, dtype: str | None = None, device: str | None = None,
                  offload_dir: str | None = None, apply_chat_template: bool | None = None,
-                 end_of_text_token: str | None = None, max_batch: int = 256, prefetch_chunk: int | None = None):
+                 end_of_text_token: str | None = None, max_batch: int = 256, prefetch_chunk: int | None = None,
+                 hardware: str | None = None, workload: list | None = None, compress_weight: bool = False,
+                 compress_cache: bool = False):
         super().__init__(cache_config=cache_config)
         pol = policy_from_args(policy, percent)
+        planning = {"compress_weight": bool(compress_weight), "compress_cache": bool(compress_cache)}
+        if hardware:
+            planning["hardware"] = hardware
+        if workload:
+            planning["workload"] = tuple(int(x) for x in workload)
         start = time.time()
-        self.shared = load_llm(model, pol, dtype=dtype, device=device, memory=memory, offload_dir=offload_dir)
+        self.shared = load_llm(model, pol, dtype=dtype, device=device, memory=memory, offload_dir=offload_dir,
+                               **planning)
         load_s = time.time() - start
         llm = self.shared.llm
         self.tokenizer = llm.tokenizer
@@ -47,12 +55,16 @@ class FlexGenClient(CachingClient):
                                             p.compression_group_size]
         if llm.policy.attn_sparsity < 1:
             self.identity["attn_sparsity"] = llm.policy.attn_sparsity
-        self.prefetch_chunk = prefetch_chunk or max(64, 4 * llm.policy.block_size)
+        self.prefetch_chunk = prefetch_chunk  # None: a whole run spec at once, cut into the runtime's blocks
         shared = self.shared
         self.batcher = shared.shared_batcher(lambda: MicroBatcher(lambda calls: run_calls(shared, calls), max_batch))
         self._prefetched: dict[str, dict] = {}  # responses computed by `prefetch`, by cache key
         self._prefetched_lock = threading.Lock()
-        hlog(f"flexgen: {model} ({llm.policy.describe()}, {self.identity['dtype']}, {llm.device}) "
+        if llm.budgets is not None:
+            hlog(f"flexgen: {llm.budgets.describe()}")
+        planned = "planned: " if llm.replan else ""
+        again = "; each bucket of request lengths is planned again" if llm.replan else ""
+        hlog(f"flexgen: {model} ({planned}{llm.policy.describe()}{again}; {self.identity['dtype']}, {llm.device}) "
              f"ready in {load_s:.2f}s")
 
     # -- one request (HELM's executor, any thread) -----------------------------------------
@@ -79,8 +91,9 @@ class FlexGenClient(CachingClient):
 
     # -- a whole run spec (BatchingRunner) ------------------------------------------------
     def prefetch(self, requests: list[Request]) -> int:
-        """Compute every request not in the cache, in chunks of similar calls; each finished chunk
-        is written to HELM's cache at once, so a killed run resumes where it stopped."""
+        """Compute every request not in the cache (the runtime cuts them into its planned blocks);
+        each block's results are written to HELM's cache as it finishes, so a killed run resumes
+        where it stopped, losing at most the block in flight."""
         todo: dict[str, tuple[Call, dict]] = {}
         with self._prefetched_lock:
             self._prefetched.clear()  # only the current run spec's responses are kept in memory
@@ -101,15 +114,21 @@ class FlexGenClient(CachingClient):
         # (one question with each answer; shared in-context examples) land in the same chunk and
         # the runtime computes their common start once (it sorts each chunk by length itself).
         items = sorted(todo.items(), key=lambda kv: (str(kv[1][0].params), kv[1][0].echo, kv[1][0].prompt_ids))
-        hlog(f"flexgen: {len(items)} of {len(requests)} requests to compute, in chunks of {self.prefetch_chunk}")
-        for start in range(0, len(items), self.prefetch_chunk):
-            chunk = items[start:start + self.prefetch_chunk]
-            responses = run_calls(self.shared, [call for _, (call, _) in chunk])
-            with self._store() as store:
-                if store is not None:
-                    store.multi_put([(key, r) for (_, (_, key)), r in zip(chunk, responses)])
-            with self._prefetched_lock:
-                self._prefetched.update({k: r for (k, _), r in zip(chunk, responses)})
+        chunk_size = self.prefetch_chunk or len(items)
+        hlog(f"flexgen: {len(items)} of {len(requests)} requests to compute"
+             + (f", in chunks of {chunk_size}" if chunk_size < len(items) else "")
+             + "; each block's results are cached as it finishes")
+        for start in range(0, len(items), chunk_size):
+            chunk = items[start:start + chunk_size]
+
+            def keep(finished, chunk=chunk):
+                with self._store() as store:
+                    if store is not None:
+                        store.multi_put([(chunk[i][1][1], r) for i, r in finished])
+                with self._prefetched_lock:
+                    self._prefetched.update({chunk[i][0]: r for i, r in finished})
+
+            run_calls(self.shared, [call for _, (call, _) in chunk], on_done=keep)
         return len(items)
 
     def _store(self):

@@ -10,37 +10,66 @@ from helm.common.hierarchical_logger import hlog
 from .translate import Call
 
 
-def run_calls(shared, calls: list[Call], log=hlog) -> list[dict]:
+def run_calls(shared, calls: list[Call], log=hlog, on_done=None) -> list[dict]:
+    """HELM responses for `calls`, in order. on_done([(call index, response), ...]) is told of the
+    responses each runtime block completes, as it completes them (a run killed later keeps them)."""
     llm = shared.llm
-    start = time.time()
-    prompt_lps, generated, shapes = {}, {}, []
+    start = last = time.time()
+    prompt_lps, generated, shapes, responses = {}, {}, [], {}
+    # a call is done when its parts are: the echoed prompt's log-probs and its generation
+    parts = {i: int(c.echo) + int(c.params is not None) for i, c in enumerate(calls)}
+    eos = set(llm.spec.eos_token_ids) | {llm.tokenizer.eos_token_id}
+
+    def parts_done(indices):
+        nonlocal last
+        ready = []
+        for i in indices:
+            parts[i] -= 1
+            if parts[i] == 0:
+                ready.append(i)
+        now = time.time()
+        with shared.tokenizer_lock:
+            for i in ready:
+                responses[i] = _response(llm.tokenizer, eos, calls[i], prompt_lps.get(i), generated.get(i))
+                # Amortised: a block's time shared among the requests it finished, so HELM's sums
+                # add up to the wall time.
+                responses[i].update(request_time=(now - last) / len(ready), request_datetime=int(start),
+                                    batch_size=len(calls))
+        if ready:
+            last = now
+            if on_done is not None:
+                on_done([(i, responses[i]) for i in ready])
+
     with shared.lock:
+        nothing = [i for i, n in parts.items() if n == 0]
+        if nothing:  # max_tokens 0 without echo: the response is empty
+            parts.update({i: 1 for i in nothing})
+            parts_done(nothing)
         echo = [i for i, c in enumerate(calls) if c.echo]
         if echo:
-            scored = llm.prompt_logprobs([list(calls[i].prompt_ids) for i in echo])
-            for i, lps in zip(echo, scored):
-                prompt_lps[i] = [0.0] + [float(x) for x in lps[1:]]  # HELM: the first token has no context
+            def echoed(results):
+                for j, lps in results:
+                    prompt_lps[echo[j]] = [0.0] + [float(x) for x in lps[1:]]  # HELM: the first token has no context
+                parts_done([echo[j] for j, _ in results])
+
+            llm.prompt_logprobs([list(calls[i].prompt_ids) for i in echo], on_block=echoed)
             shapes.append(f"score {len(echo)}")
         groups = defaultdict(list)
         for i, c in enumerate(calls):
             if c.params is not None:
                 groups[c.params].append(i)
         for params, idx in groups.items():
-            outs = llm.generate([list(calls[i].prompt_ids) for i in idx], params)
-            for i, out in zip(idx, outs):
-                generated[i] = out.outputs
+            def produced(results, idx=idx):
+                for j, out in results:
+                    generated[idx[j]] = out.outputs
+                parts_done([idx[j] for j, _ in results])
+
+            llm.generate([list(calls[i].prompt_ids) for i in idx], params, on_block=produced)
             shapes.append(f"generate {len(idx)}x{params.n} (max_tokens={params.max_new_tokens})")
-        eos = set(llm.spec.eos_token_ids) | {llm.tokenizer.eos_token_id}
-        with shared.tokenizer_lock:
-            responses = [_response(llm.tokenizer, eos, c, prompt_lps.get(i), generated.get(i))
-                         for i, c in enumerate(calls)]
     seconds = time.time() - start
     if shapes:
         log(f"flexgen: batch of {len(calls)} requests ({', '.join(shapes)}) in {seconds:.2f}s")
-    for r in responses:
-        # Amortised: the batch's time shared among its requests, so HELM's sums add up to the wall time.
-        r.update(request_time=seconds / len(calls), request_datetime=int(start), batch_size=len(calls))
-    return responses
+    return [responses[i] for i in range(len(calls))]
 
 
 def _response(tokenizer, eos: set, call: Call, prompt_lps, outputs) -> dict:

@@ -28,9 +28,12 @@ class SharedLLM:
 
 
 def policy_from_args(policy: dict | None = None, percent=None):
-    """A Policy from deployment args: `percent` (FlexGen's six numbers) and/or `policy` fields."""
+    """A Policy from deployment args: `percent` (FlexGen's six numbers) and/or `policy` fields;
+    None when neither is given (the runtime plans)."""
     from flexgen_core import Policy
 
+    if policy is None and percent is None:
+        return None
     fields = dict(policy or {})
     if percent is not None:
         return Policy.from_percent(percent, **fields)
@@ -41,15 +44,17 @@ def policy_from_args(policy: dict | None = None, percent=None):
 
 
 def load_llm(model: str, policy=None, dtype=None, device=None, memory: dict | None = None,
-             offload_dir: str | None = None) -> SharedLLM:
-    """The shared instance for these settings, loading it on first use."""
+             offload_dir: str | None = None, **planning) -> SharedLLM:
+    """The shared instance for these settings, loading it on first use. `planning`: the planner's
+    hardware, workload and compression flags, used when there is no policy."""
     from flexgen_core import LLM
 
-    key = (str(model), repr(policy), str(dtype), str(device), repr(sorted((memory or {}).items())), offload_dir)
+    key = (str(model), repr(policy), str(dtype), str(device), repr(sorted((memory or {}).items())), offload_dir,
+           repr(sorted(planning.items())))
     with _lock:
         if key not in _loaded:
             llm = LLM.from_pretrained(model, policy=policy, device=device, dtype=dtype, offload_dir=offload_dir,
-                                      memory=memory)
+                                      memory=memory, **planning)
             from flexgen_eval import run_stats
 
             run_stats.track(llm, "helm")
