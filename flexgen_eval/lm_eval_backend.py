@@ -18,7 +18,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from flexgen_core import LLM, Policy, SamplingParams
-from flexgen_core.policy import parse_cpu_attention
+from flexgen_core.planning.policy import parse_cpu_attention
 from flexgen_eval import run_stats
 
 # under lm-eval's logger, so its --verbosity shows the budgets and the plan

@@ -227,17 +227,13 @@ def setup(work: str, model_dir: str, data_dir: str, gpu_batch_size: int | None):
 
 
 def machine() -> str:
-    import torch
-
     from importlib.metadata import version
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} (CPU, fp32), crfm-helm {version('crfm-helm')}, "
+    import torch
+
+    from flexgen_core.planning.machine import cpu_name
+
+    return (f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} (CPU, fp32), crfm-helm {version('crfm-helm')}, "
             f"transformers {version('transformers')}, Python {platform.python_version()}")
 
 
@@ -259,7 +255,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not args.data_dir:
         p.error("set FLEXGEN_DATA_DIR or pass --data-dir (MMLU is read offline)")
-    from flexgen_core.model_store import fetch_model
+    from flexgen_core.model.store import fetch_model
 
     model_dir = fetch_model("smollm2-135m")
     setup(args.work_dir, model_dir, args.data_dir, args.gpu_batch_size)

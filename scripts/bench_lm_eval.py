@@ -96,15 +96,11 @@ def same_metrics(a: dict, b: dict) -> bool:
 
 def machine() -> dict:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     import torch
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem / 2**30, 1), "python": platform.python_version(),
+    from flexgen_core.planning.machine import cpu_name
+
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "memory_gib": round(mem / 2**30, 1), "python": platform.python_version(),
             "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
@@ -129,7 +125,7 @@ def main() -> int:
     args = parser.parse_args()
     if not os.environ.get("FLEXGEN_DATA_DIR"):
         parser.error("FLEXGEN_DATA_DIR is not set: point it at the shared benchmark data")
-    from flexgen_core.llm import resolve_checkpoint
+    from flexgen_core.runtime.llm import resolve_checkpoint
 
     model_dir = resolve_checkpoint(args.model)
     load_start = os.getloadavg()

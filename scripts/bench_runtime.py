@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 import torch
 
 from flexgen_core import LLM, Policy, SamplingParams
-from flexgen_core.model_store import fetch_model
+from flexgen_core.model.store import fetch_model
 
 
 def hf_run(model, prompts, gen_len):

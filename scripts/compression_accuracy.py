@@ -369,7 +369,7 @@ def weight_quant_error(model_path: str) -> dict:
     import torch
     from safetensors.torch import load_file
 
-    from flexgen_core.compression import QuantConfig, dequantize, quantize
+    from flexgen_core.memory.compression import QuantConfig, dequantize, quantize
 
     tensors = {}
     for f in sorted(glob.glob(os.path.join(model_path, "*.safetensors"))):
@@ -402,15 +402,9 @@ def weight_quant_error(model_path: str) -> dict:
 def machine(device: str = "cpu") -> str:
     import torch
 
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from flexgen_core.planning.machine import cpu_name
+
+    cpu = cpu_name()
     mem = ""
     try:
         with open("/proc/meminfo") as f:
@@ -497,7 +491,7 @@ def main(argv=None):
 
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 on a GPU too
     from flexgen_core import LLM, Policy
-    from flexgen_core.model_store import fetch_model
+    from flexgen_core.model.store import fetch_model
 
     model_path = fetch_model(args.model)
     from transformers import AutoTokenizer

@@ -15,9 +15,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from flexgen_core import compression  # noqa: E402
-from flexgen_core.compression import QuantConfig, dequantize, quantize  # noqa: E402
-from flexgen_core.hardware import _mean_time  # noqa: E402
+from flexgen_core.memory import compression  # noqa: E402
+from flexgen_core.memory.compression import QuantConfig, dequantize, quantize  # noqa: E402
+from flexgen_core.planning.measure import _mean_time  # noqa: E402
 
 
 def main(argv=None) -> int:

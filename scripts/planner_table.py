@@ -18,10 +18,10 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from flexgen_core import ModelSpec, Policy  # noqa: E402
-from flexgen_core.cost_model import estimate  # noqa: E402
-from flexgen_core.hardware import load_profile  # noqa: E402
-from flexgen_core.planner import plan_policy  # noqa: E402
-from flexgen_core.sizes import format_size, parse_size  # noqa: E402
+from flexgen_core.planning.cost_model import estimate  # noqa: E402
+from flexgen_core.planning.hardware import load_profile  # noqa: E402
+from flexgen_core.planning.planner import plan_policy  # noqa: E402
+from flexgen_core.units import format_size, parse_size  # noqa: E402
 
 PROMPT, GEN = 512, 32
 BUDGET = {"gpu": "16GiB", "cpu": "200GiB", "disk": "1.5TB"}

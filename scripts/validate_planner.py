@@ -101,11 +101,12 @@ def main(argv=None):
     import torch
 
     from flexgen_core import LLM, Policy
-    from flexgen_core.cost_model import BlockModel, estimate
-    from flexgen_core.hardware import load_profile, measure_profile
-    from flexgen_core.llm import resolve_checkpoint
-    from flexgen_core.planner import plan_policy
-    from flexgen_core.spec import BUILTIN_CONFIGS
+    from flexgen_core.model.spec import BUILTIN_CONFIGS
+    from flexgen_core.planning.cost_model import BlockModel, estimate
+    from flexgen_core.planning.hardware import load_profile
+    from flexgen_core.planning.planner import plan_policy
+    from flexgen_core.profiler import measure_profile
+    from flexgen_core.runtime.llm import resolve_checkpoint
 
     # removed at exit, also when a run fails: it holds the disk tier's weights
     scratch = tempfile.TemporaryDirectory(prefix="validate-planner-")

@@ -1,7 +1,6 @@
 import os
 
 import pytest
-
 import tiny_models
 
 # The compute device of every LLM a test builds: the CPU unless FLEXGEN_TEST_DEVICE says otherwise
@@ -26,7 +25,7 @@ def _llm_defaults_to_the_test_device():
 @pytest.fixture
 def prefix_passes(monkeypatch) -> list[int]:
     """The prefix length of every shared-prefix pass the scheduler runs (one per layer per block)."""
-    from flexgen_core.scheduler import Scheduler
+    from flexgen_core.runtime.scheduler import Scheduler
 
     passes = []
     original = Scheduler._prefix_layer

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from flexgen_core import attention
-from flexgen_core.attention import cpu_decode_attention_rows, decode_attention_rows
+from flexgen_core.model import attention
+from flexgen_core.model.attention import cpu_decode_attention_rows, decode_attention_rows
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -99,14 +99,14 @@ def test_memory_budget_without_policy_plans_one(tiny_llama_dir, tmp_path):
 
 
 def test_impossible_budget_names_the_tier():
-    from flexgen_core.planner import InfeasibleBudget
+    from flexgen_core.planning.planner import InfeasibleBudget
 
     with pytest.raises(InfeasibleBudget, match="disk"):
         LLM.from_pretrained("opt-125m", dummy_weights=True, memory={"gpu": "1MiB", "cpu": "1MiB", "disk": "1MiB"})
 
 
 def test_cpu_attention_as_typed_is_a_share_or_one_clear_error():
-    from flexgen_core.policy import parse_cpu_attention
+    from flexgen_core.planning.policy import parse_cpu_attention
 
     for text, share in (("on", 1.0), ("True", 1.0), ("off", 0.0), ("no", 0.0), ("0.25", 0.25), (1, 1.0), (False, 0.0)):
         assert parse_cpu_attention(text) == share

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from flexgen_core.spec import ModelSpec
+from flexgen_core.model.spec import ModelSpec
 from flexgen_eval.bench import hf_models, runner, search, systems
 from flexgen_eval.commands import bench as bench_cmd
 

@@ -1,11 +1,11 @@
 """Checkpoint formats and model variants: .bin, sharded safetensors, dummy weights, sliding window."""
 import os
 
+import hf_reference
 import pytest
+import tiny_models
 import torch
 
-import hf_reference
-import tiny_models
 from flexgen_core import LLM, Policy, SamplingParams
 
 PROMPT = [5, 17, 33, 40, 41, 42, 43, 44, 45, 46, 47]

@@ -5,8 +5,8 @@ import json
 import subprocess
 import sys
 
-
-from flexgen_core import __version__, model_store
+from flexgen_core import __version__
+from flexgen_core.model import store as model_store
 from flexgen_eval.cli import main
 
 

@@ -1,10 +1,10 @@
 """Group-wise quantization, and compressed weights/cache/sparse attention under every policy."""
 import pytest
 import torch
-
 from conftest import TEST_DEVICE
+
 from flexgen_core import LLM, Policy, SamplingParams
-from flexgen_core.compression import STATS_DTYPE, QuantConfig, dequantize, quantize
+from flexgen_core.memory.compression import STATS_DTYPE, QuantConfig, dequantize, quantize
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -37,7 +37,7 @@ def test_constant_and_tiny_groups_are_exact_or_finite():
 def test_blocked_dequantization_matches_one_pass_and_fills_a_strided_destination(monkeypatch):
     """On a CPU rows are dequantized a block at a time; the values are the same bits as one pass
     over the whole tensor, and `out` may be part of a larger buffer (the cache's expanded copy)."""
-    import flexgen_core.compression as compression
+    import flexgen_core.memory.compression as compression
 
     cfg = QuantConfig(4, 64)
     x = torch.randn(6, 9, 130) * 3
@@ -58,7 +58,7 @@ def test_two_pass_dequantization_gives_the_same_bits(monkeypatch, bits, dtype):
     """The GPU's two-pass dequantization (codes times step into fp32, plus the minimum straight into
     the output), run here on the CPU: the same bits as the CPU's path, whole, in blocks and into part
     of a larger buffer; a row that is not a whole number of groups takes the other path."""
-    import flexgen_core.compression as compression
+    import flexgen_core.memory.compression as compression
 
     cfg = QuantConfig(bits, 64)
     x = (torch.randn(6, 9, 256) * torch.logspace(-3, 1, 9)[:, None]).to(dtype)

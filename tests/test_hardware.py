@@ -6,7 +6,8 @@ from dataclasses import fields
 import pytest
 import torch
 
-from flexgen_core.hardware import GiB, PRESETS, HardwareProfile, load_profile, measure_profile
+from flexgen_core.planning.hardware import PRESETS, GiB, HardwareProfile, load_profile
+from flexgen_core.profiler import measure_profile
 
 
 @pytest.mark.parametrize("name", ["t4", "a100-40g", "a100-80g", "h100", "rtx4090", "cpu"])
@@ -125,7 +126,8 @@ def test_gpu_only_measurements_run_the_runtimes_own_code(tmp_path):
     half-precision cache rows, and the host time per layer call of a real decode."""
     import torch
 
-    from flexgen_core.hardware import _cpu_attention_bw, _layer_call_s, _mean_time
+    from flexgen_core.planning.measure import _cpu_attention_bw, _mean_time
+    from flexgen_core.profiler import _layer_call_s
 
     timeit = lambda fn: _mean_time(fn, lambda: None, 0.01)  # noqa: E731
     assert _cpu_attention_bw(torch.float16, timeit, rows=16, length=32, d=16) > 0

@@ -4,7 +4,7 @@ import threading
 import pytest
 import torch
 
-from flexgen_core.io_queue import IOQueue
+from flexgen_core.memory.io_queue import IOQueue
 
 
 @pytest.fixture

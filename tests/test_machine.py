@@ -3,9 +3,10 @@ import json
 
 import pytest
 
-from flexgen_core import LLM, SamplingParams, machine
-from flexgen_core.hardware import PRESETS
-from flexgen_core.planner import InfeasibleBudget
+from flexgen_core import LLM, SamplingParams
+from flexgen_core.planning import machine
+from flexgen_core.planning.hardware import PRESETS
+from flexgen_core.planning.planner import InfeasibleBudget
 
 GiB = 1 << 30
 
@@ -79,15 +80,13 @@ def test_a_budget_the_model_cannot_fit_names_the_short_tier_and_the_cheapest_fix
 
 
 def test_the_measured_profile_of_a_cpu_machine_is_kept_and_reused(monkeypatch, tmp_path, caplog):
-    import flexgen_core.hardware as hardware
-
     calls = []
 
     def measure(offload_dir, device, name="measured"):
         calls.append(device)
         return PRESETS["cpu"].with_(name=name, gemm_flops_prefill=123e9)
 
-    monkeypatch.setattr(hardware, "measure_profile", measure)
+    monkeypatch.setattr(machine, "measure_rates", measure)
     first = machine.default_hardware("cpu", cache_dir=str(tmp_path))
     again = machine.default_hardware("cpu", cache_dir=str(tmp_path))
     assert calls == ["cpu"] and first == again and again.gemm_flops_prefill == 123e9
@@ -100,10 +99,8 @@ def test_the_measured_profile_of_a_cpu_machine_is_kept_and_reused(monkeypatch, t
 
 
 def test_a_cuda_device_plans_with_the_closest_preset_without_measuring(monkeypatch, tmp_path):
-    import flexgen_core.hardware as hardware
-
-    monkeypatch.setattr(hardware, "measure_profile", lambda *a, **k: pytest.fail("measured a GPU at load"))
-    monkeypatch.setattr(hardware, "guess_preset", lambda device: PRESETS["a100-80g"])
+    monkeypatch.setattr(machine, "measure_rates", lambda *a, **k: pytest.fail("measured a GPU at load"))
+    monkeypatch.setattr(machine, "guess_preset", lambda device: PRESETS["a100-80g"])
     assert machine.default_hardware("cuda", cache_dir=str(tmp_path)) is PRESETS["a100-80g"]
 
 

@@ -13,8 +13,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from flexgen_core import LLM, Policy, SamplingParams
-from flexgen_core.cost_model import estimate
-from flexgen_core.hardware import load_profile
+from flexgen_core.planning.cost_model import estimate
+from flexgen_core.planning.hardware import load_profile
 
 PROMPT, NEW = 64, 4
 POLICIES = {

@@ -9,9 +9,10 @@ import json
 from pathlib import Path
 
 import pytest
+from gguf_fixtures import CONTEXT, ROPE_BASE, write_tiny_llama_gguf, write_wheel
 
-from flexgen_core import model_store
-from flexgen_core.model_store import (
+from flexgen_core.model import store as model_store
+from flexgen_core.model.store import (
     MARKER,
     CorruptDownloadError,
     EmbeddedModel,
@@ -21,7 +22,6 @@ from flexgen_core.model_store import (
     is_complete,
     resolve_model,
 )
-from gguf_fixtures import CONTEXT, ROPE_BASE, write_tiny_llama_gguf, write_wheel
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -1,7 +1,7 @@
 """Our log-probs and greedy tokens against HF transformers, fp32 on CPU."""
+import hf_reference
 import pytest
 
-import hf_reference
 from flexgen_core import LLM, Policy, SamplingParams
 
 PROMPTS = [[5, 17, 33, 40, 41, 42], [7, 8, 9], [100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110], [250]]

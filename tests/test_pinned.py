@@ -1,10 +1,10 @@
-"""The CPU tier's page-locked buffers on CUDA (flexgen_core.pinned), with the CUDA calls replaced by
+"""The CPU tier's page-locked buffers on CUDA (flexgen_core.memory.pinned), with the CUDA calls replaced by
 recorders so the pool's rules are checked on any machine; tests/test_tiers.py checks the real thing on
 a GPU."""
 import pytest
 import torch
 
-from flexgen_core.pinned import KEEP_OVER_PEAK, PinnedPool
+from flexgen_core.memory.pinned import KEEP_OVER_PEAK, PinnedPool
 
 
 class FakeCuda:
@@ -136,7 +136,7 @@ def test_the_runtime_on_pool_buffers_gives_the_same_outputs_and_returns_every_bu
     locking is recorded instead of done): the same tokens and log-probs as plain host memory, a second
     generate reuses the first one's buffers, and closing the model leaves nothing locked."""
     from flexgen_core import LLM, Policy, SamplingParams
-    from flexgen_core.tiers import TierSet
+    from flexgen_core.memory.tiers import TierSet
 
     policy = Policy(weights=(30, 50, 20), cache=(20, 80, 0), activations=(0, 100, 0), cpu_attention=0.5,
                     gpu_batch_size=2, num_gpu_batches=2)

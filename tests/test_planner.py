@@ -5,9 +5,9 @@ import json
 import pytest
 
 from flexgen_core import ModelSpec, Policy
-from flexgen_core.cost_model import estimate
-from flexgen_core.planner import InfeasibleBudget, plan_policy
-from flexgen_core.sizes import parse_size
+from flexgen_core.planning.cost_model import estimate
+from flexgen_core.planning.planner import InfeasibleBudget, plan_policy
+from flexgen_core.units import parse_size
 
 T4_BOX = {"gpu": "16GiB", "cpu": "200GiB", "disk": "1.5TB"}
 SMALL_GRID = dict(gpu_batch_sizes=(1, 2, 4, 8, 16, 32, 64), num_gpu_batches=(1, 2, 4, 8))
@@ -156,7 +156,7 @@ def test_plan_command_prints_json(capsys):
 
 
 def test_plan_command_reads_a_model_dir_and_profile_defaults(tmp_path, capsys):
-    from flexgen_core.spec import BUILTIN_CONFIGS
+    from flexgen_core.model.spec import BUILTIN_CONFIGS
 
     (tmp_path / "config.json").write_text(json.dumps(BUILTIN_CONFIGS["opt-125m"]))
     args = _cli().parse_args(["plan", "--model", str(tmp_path), "--prompt-len", "64", "--gen-len", "8"])

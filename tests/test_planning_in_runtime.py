@@ -2,9 +2,9 @@
 import pytest
 
 from flexgen_core import LLM, ModelSpec, Policy, SamplingParams
-from flexgen_core.cost_model import estimate
-from flexgen_core.hardware import load_profile
-from flexgen_core.planner import plan_policy
+from flexgen_core.planning.cost_model import estimate
+from flexgen_core.planning.hardware import load_profile
+from flexgen_core.planning.planner import plan_policy
 
 PROMPT, NEW = 24, 4
 

@@ -1,6 +1,6 @@
 import pytest
 
-from flexgen_core.prefix_sharing import pack_choices
+from flexgen_core.runtime.prefix_sharing import pack_choices
 
 
 def test_pack_layout():

@@ -55,7 +55,7 @@ def test_scoring_shares_block_prefixes(model, name, request, tmp_path, prefix_pa
 
 
 def test_blocks_keep_alike_rows_together(tiny_llama_dir, tmp_path):
-    from flexgen_core.prefix_sharing import alike_order
+    from flexgen_core.runtime.prefix_sharing import alike_order
 
     a, b = list(range(100, 120)), list(range(200, 220))
     rows = [a + [1], b + [1, 2, 3], a + [1, 2], [7] * 30, b + [4], a + [5, 6, 7, 8]]
@@ -99,7 +99,7 @@ def test_prompt_logprobs_of_alike_prompts_match_scoring_each_alone(tiny_llama_di
 
 
 def test_prefix_groups():
-    from flexgen_core.prefix_sharing import prefix_groups as _prefix_groups
+    from flexgen_core.runtime.prefix_sharing import prefix_groups as _prefix_groups
 
     q = list(range(100, 120))
     groups = _prefix_groups([q + [1], [5, 6], q + [2, 3], q, q[:10] + [9]], 16)
@@ -113,7 +113,7 @@ def test_prefix_groups():
 
 
 def test_scoring_batches_end_before_padding_grows():
-    from flexgen_core.jobs import _row_groups
+    from flexgen_core.runtime.jobs import _row_groups
 
     rows = [[0] * 100, [0] * 95, [0] * 40, [0] * 38, [0] * 10]
     assert _row_groups(rows, 8, 1.25) == [[0, 1], [2, 3], [4]]

@@ -1,6 +1,6 @@
 import pytest
 
-from flexgen_core.sizes import format_size, parse_size
+from flexgen_core.units import format_size, parse_size
 
 
 @pytest.mark.parametrize("text, expected", [

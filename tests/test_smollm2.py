@@ -1,13 +1,13 @@
 """The real default model (SmolLM2-135M-Instruct, fp32, CPU) against HF transformers."""
+import hf_reference
 import pytest
 
-import hf_reference
 from flexgen_core import LLM, Policy, SamplingParams
 
 
 @pytest.fixture(scope="module")
 def smollm2_dir():
-    from flexgen_core.model_store import fetch_model
+    from flexgen_core.model.store import fetch_model
 
     try:
         return fetch_model("smollm2-135m")

@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from flexgen_core.tiers import TieredRows, TierSet, split_rows
+from flexgen_core.memory.tiers import TieredRows, TierSet, split_rows
 
 
 @pytest.mark.parametrize("rows, percents, expected", [
@@ -76,7 +76,7 @@ def test_files_are_removed_at_exit_without_close(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from flexgen_core.tiers import TierSet; "
+    code = ("import sys; from flexgen_core.memory.tiers import TierSet; "
             "own = TierSet('cpu'); given = TierSet('cpu', sys.argv[1]); "
             "print(own.offload_dir); print(given.scratch_dir)")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
@@ -89,7 +89,7 @@ def test_files_are_removed_at_exit_without_close(tmp_path):
 def test_strided_device_to_host_writes_go_through_pinned_staging():
     """Some positions of every host cache row, written from the GPU: the values land where a plain
     strided copy would put them, and nothing else changes."""
-    from flexgen_core.tiers import staged_to_host
+    from flexgen_core.memory.tiers import staged_to_host
 
     host = torch.zeros(6, 10, 4, dtype=torch.float16).pin_memory()
     src = torch.randn(6, 3, 4, device="cuda").half()
@@ -139,7 +139,7 @@ def test_host_rows_on_cuda_are_page_locked_at_their_size_and_reused(tmp_path):
 def test_whole_rows_are_moved_only_for_a_prefix_worth_it():
     """The rule behind reading host cache rows to a GPU: a prefix of positions [0, t) of contiguous
     rows moves whole rows when they hold at most 4x the positions asked for."""
-    from flexgen_core.tiers import _row_prefix_worth_whole_rows as whole
+    from flexgen_core.memory.tiers import _row_prefix_worth_whole_rows as whole
 
     rows = torch.empty(3, 10, 4)
     assert whole(slice(0, 5), rows) and whole(slice(None, 3), rows)

@@ -3,6 +3,7 @@ import torch
 
 from flexgen_core import LLM, Policy
 
+
 def test_tied_embedding_is_stored_once(tiny_llama_tied_dir, tiny_opt_dir, tmp_path):
     from safetensors import safe_open
 

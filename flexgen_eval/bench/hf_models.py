@@ -9,7 +9,8 @@ import shutil
 
 import torch
 
-from flexgen_core.spec import BUILTIN_CONFIGS, ModelSpec
+from flexgen_core.model.spec import BUILTIN_CONFIGS, ModelSpec
+from flexgen_core.planning.sizes import model_sizes
 
 DUMMY_DONE = ".flexgen-bench-dummy"
 
@@ -19,7 +20,7 @@ def resolve_model(name_or_dir: str, dummy: bool) -> tuple[ModelSpec, str | None]
     key = str(name_or_dir).split("/")[-1].lower()
     if dummy and not os.path.isdir(name_or_dir) and key in BUILTIN_CONFIGS:
         return ModelSpec.from_name(key), None
-    from flexgen_core.llm import resolve_checkpoint
+    from flexgen_core.runtime.llm import resolve_checkpoint
 
     path = resolve_checkpoint(str(name_or_dir))
     return ModelSpec.from_dir(path), path
@@ -64,7 +65,7 @@ def dummy_model_in_memory(spec: ModelSpec, dtype: torch.dtype):
 
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(hf_config(spec, None), dtype=dtype)
-    from flexgen_core.weight_store import fill_dummy_
+    from flexgen_core.memory.weight_store import fill_dummy_
 
     model.to_empty(device="cpu")
     with torch.no_grad():
@@ -75,20 +76,12 @@ def dummy_model_in_memory(spec: ModelSpec, dtype: torch.dtype):
 
 
 def weight_bytes(spec: ModelSpec, dtype_bytes: int) -> int:
-    embed = spec.vocab_size * (spec.word_embed_proj_dim or spec.hidden_size)
-    head = 0 if spec.tie_embeddings else spec.vocab_size * spec.hidden_size
-    if spec.family == "opt":  # learned positions (2 offset rows), final LayerNorm, optional projections
-        extra = (spec.max_seq_len + 2) * spec.hidden_size + 2 * spec.hidden_size
-        proj = spec.word_embed_proj_dim
-        if proj and proj != spec.hidden_size:
-            extra += 2 * proj * spec.hidden_size
-    else:  # final RMSNorm
-        extra = spec.hidden_size
-    return (spec.num_layers * spec.layer_weight_numel() + embed + head + extra) * dtype_bytes
+    """The checkpoint's weights, as the family's layers list them (a tied table counted once)."""
+    return model_sizes(spec).weight_values() * dtype_bytes
 
 
 def layer_bytes(spec: ModelSpec, dtype_bytes: int) -> int:
-    return spec.layer_weight_numel() * dtype_bytes
+    return model_sizes(spec).layers["decoder"].stored * dtype_bytes
 
 
 def working_bytes(spec: ModelSpec, batch: int, prompt_len: int, gen_len: int, dtype_bytes: int) -> int:
@@ -98,7 +91,7 @@ def working_bytes(spec: ModelSpec, batch: int, prompt_len: int, gen_len: int, dt
     fp32, batch 8, 512 + 32 tokens, resident HF generate raised the process RSS by 248 MB; this
     gives 272 MB."""
     seq = prompt_len + gen_len
-    kv = spec.kv_bytes_per_token(dtype_bytes) * batch * seq
+    kv = model_sizes(spec).kv_bytes_per_token(dtype_bytes) * batch * seq
     tokens = batch * prompt_len
     hidden = tokens * (2 * spec.hidden_size + 2 * spec.ffn_size)
     logits = 2 * batch * spec.vocab_size

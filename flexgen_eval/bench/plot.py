@@ -1,7 +1,7 @@
 """Throughput vs latency, one point per system and batch (the shape of the paper's Figure 1)."""
 from __future__ import annotations
 
-from .runner import OURS
+from .systems import OURS
 
 MARKERS = {"flexgen": ("o", "tab:red"), "flexgen-c": ("*", "tab:orange"), "accelerate": ("s", "tab:blue"), "hf": ("^", "tab:green"),
            "flexgen-0.1.8": ("D", "tab:purple")}
@@ -45,7 +45,7 @@ def plot_run(results: list[dict], path: str, title: str | None = None) -> str:
     first = results[0] if results else {}
     if title is None and first:
         budget = first.get("budget_bytes", {})
-        from flexgen_core.sizes import format_size as gib
+        from flexgen_core.units import format_size as gib
         title = (f"{first['model']} {first['dtype']}, prompt {first['prompt_len']} gen {first['gen_len']}, "
                  f"{first['device']}\nbudget gpu {gib(budget.get('gpu', 0))}, cpu {gib(budget.get('cpu', 0))}")
     ax.set_title(title or "", fontsize=9)

@@ -8,9 +8,10 @@ import json
 import os
 import sys
 
-from flexgen_core.sizes import format_size
+from flexgen_core.units import format_size
 
-from .runner import OURS, table
+from .runner import table
+from .systems import OURS
 
 
 def section(result: dict, path: str) -> str:

@@ -31,14 +31,11 @@ from datetime import datetime, timezone
 import torch
 
 from flexgen_core import Policy
-from flexgen_core.sizes import format_size, parse_size
+from flexgen_core.planning.machine import cpu_name
+from flexgen_core.units import format_size, parse_size
 
 from . import hf_models, search, systems
 
-# Ours as two systems: exact (the compute dtype end to end, what every parity test checks) and, as the
-# paper's "FlexGen (c)", with 4-bit group-wise weights and KV cache: lossy, so reported beside the
-# exact one, never instead of it. Name -> compressed.
-OURS = {"flexgen": False, "flexgen-c": True}
 ALL_SYSTEMS = ("flexgen", "flexgen-c", "accelerate", "hf", "flexgen-0.1.8")
 
 
@@ -101,13 +98,7 @@ def percent_policy(text: str, gpu_batch_size: int, num_gpu_batches: int) -> Poli
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
+    cpu = cpu_name()
     try:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
@@ -163,7 +154,7 @@ class Bench:
         self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cuda" and not torch.cuda.is_available() and not cfg.dry_run:
             raise ValueError("--device cuda was asked for but torch sees no CUDA device")
-        from flexgen_core.llm import resolve_dtype
+        from flexgen_core.runtime.llm import resolve_dtype
 
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         self.dt = torch.empty((), dtype=self.dtype).element_size()
@@ -206,7 +197,8 @@ class Bench:
         return search.Budget(gpu=gpu, cpu=cpu, disk=disk, device=self.device.type)
 
     def _profile(self):
-        from flexgen_core.hardware import load_profile, measure_profile
+        from flexgen_core.planning.hardware import load_profile
+        from flexgen_core.profiler import measure_profile
 
         hw = self.cfg.hardware
         if hw != "measured":
@@ -218,8 +210,8 @@ class Bench:
 
     def _plan_ours(self, compressed: bool) -> OursPlan:
         cfg, spec = self.cfg, self.spec
-        from flexgen_core.cost_model import estimate
-        from flexgen_core.planner import plan_policy
+        from flexgen_core.planning.cost_model import estimate
+        from flexgen_core.planning.planner import plan_policy
 
         if cfg.policy == "auto":
             plan = plan_policy(spec, cfg.prompt_len, cfg.gen_len, self.budget.planner_memory(), self.profile,
@@ -239,10 +231,10 @@ class Bench:
         """Every system's batch under the budget (no model is loaded)."""
         cfg, spec = self.cfg, self.spec
         self.profile = self._profile()
-        from flexgen_core.planner import InfeasibleBudget
+        from flexgen_core.planning.planner import InfeasibleBudget
 
         self.ours = {}
-        for name, compressed in OURS.items():
+        for name, compressed in systems.OURS.items():
             if name != "flexgen" and name not in cfg.systems:
                 continue
             try:
@@ -292,7 +284,7 @@ class Bench:
     def _hf_checkpoint(self) -> str | None:
         if self.path is not None:
             return self.path
-        from flexgen_core.model_store import cache_root
+        from flexgen_core.model.store import cache_root
 
         cache = self.cfg.hf_cache_dir or str(cache_root() / "bench-hf")
         if self.device.type == "cuda":
@@ -303,7 +295,7 @@ class Bench:
     def _build(self, e: Entry):
         cfg, pad = self.cfg, self.spec.pad_token_id if self.spec.pad_token_id is not None else 0
         t0 = time.perf_counter()
-        if e.name in OURS:
+        if e.name in systems.OURS:
             e.system = systems.Ours(self.path or cfg.model, cfg.dummy_weights, self.ours[e.name].policy,
                                     self.budget.planner_memory(), self.device.type, self.dtype, self.offload_dir,
                                     name=e.name)
@@ -495,7 +487,7 @@ class Bench:
             "alternating": self.alternate, "baseline_disk_reads":
                 "cold: page cache dropped after each disk-resident module and before each run"
                 if cfg.cold_baseline_reads else "through the page cache",
-            "ours_disk_reads": "read(2) then posix_fadvise DONTNEED on every read (flexgen_core.tiers.DiskArray)",
+            "ours_disk_reads": "read(2) then posix_fadvise DONTNEED on every read (flexgen_core.memory.tiers.DiskArray)",
             "hardware_profile": self.profile.to_dict() if self.profile else None,
             "plan": self.plan.to_dict() if self.plan else None,
             "estimate": self.estimate.to_dict() if self.estimate else None,
@@ -545,10 +537,10 @@ def ratios_of(rows: list[dict]) -> dict:
     ratios = {}
     for ours in rows:
         tp = ours.get("throughput_tokens_per_s")
-        if ours["system"] not in OURS or not tp:
+        if ours["system"] not in systems.OURS or not tp:
             continue
         for r in rows:
-            if r["system"] not in OURS and r.get("throughput_tokens_per_s"):
+            if r["system"] not in systems.OURS and r.get("throughput_tokens_per_s"):
                 ratios[f"{ours['system']}_vs_{r['system']}"] = tp / r["throughput_tokens_per_s"]
         if ours.get("predicted_throughput_tokens_per_s"):
             ours["percent_of_predicted"] = 100 * tp / ours["predicted_throughput_tokens_per_s"]
@@ -566,14 +558,14 @@ def table(result: dict) -> str:
     """Markdown rows for one run."""
     lines = ["| system | batch | throughput (tok/s) | prefill (s) | decode (s) | ours vs it | weights % gpu/cpu/disk "
              "| peak memory gpu / cpu / disk | read from disk per run | notes |", "|---" * 10 + "|"]
-    ours = [r for r in result["systems"] if r["system"] in OURS and r.get("throughput_tokens_per_s")]
+    ours = [r for r in result["systems"] if r["system"] in systems.OURS and r.get("throughput_tokens_per_s")]
     for r in result["systems"]:
         if r.get("skipped") or "throughput_tokens_per_s" not in r:
             lines.append(f"| {r['system']} | {r.get('batch') or '-'} | - | - | - | - | - | - | - | "
                          f"{r.get('skipped') or 'not run'} |")
             continue
         tp = r["throughput_tokens_per_s"]
-        if r["system"] in OURS:
+        if r["system"] in systems.OURS:
             vs = "-"
         elif len(ours) == 1:
             vs = f"{ours[0]['throughput_tokens_per_s'] / tp:.2f}x"
@@ -583,7 +575,7 @@ def table(result: dict) -> str:
         peak = " / ".join(format_size(mem.get(t, 0)) for t in ("gpu", "cpu", "disk"))
         wp = r.get("weights_percent", {})
         w = "/".join(f"{wp.get(t, 0):g}" for t in ("gpu", "cpu", "disk")) if wp else ""
-        if r["system"] in OURS:
+        if r["system"] in systems.OURS:
             note = r.get("policy", "")
             if r.get("percent_of_io_bound") is not None:
                 note += f"; {r['percent_of_io_bound']:.0f}% of I/O bound"

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from flexgen_core.sizes import format_size
-from flexgen_core.spec import ModelSpec
+from flexgen_core.model.spec import ModelSpec
+from flexgen_core.units import format_size
 
 from .hf_models import layer_bytes, weight_bytes, working_bytes
 

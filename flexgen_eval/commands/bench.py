@@ -101,7 +101,7 @@ def _command_line(args) -> str:
 
 def run(args) -> int:
     from flexgen_eval.bench import main_run, save, table
-    from flexgen_eval.bench.runner import OURS
+    from flexgen_eval.bench.systems import OURS
 
     cfg = config_from_args(args)
     if not cfg.command:

@@ -15,8 +15,8 @@ import subprocess
 import sys
 import time
 
-from flexgen_core import model_store
-from flexgen_core.sizes import format_size
+from flexgen_core.model import store as model_store
+from flexgen_core.units import format_size
 from flexgen_eval import run_stats
 
 BUDGET = {"gpu": "512MiB", "cpu": "256MiB", "disk": "2GiB"}  # fp32 weights alone are ~650 MiB

@@ -7,7 +7,8 @@ import platform
 import sys
 from importlib import metadata
 
-from flexgen_core import __version__, model_store
+from flexgen_core import __version__
+from flexgen_core.model import store as model_store
 
 PACKAGES = ["torch", "transformers", "tokenizers", "safetensors", "accelerate", "gguf",
             "lm-eval", "crfm-helm", "ortools", "numpy"]

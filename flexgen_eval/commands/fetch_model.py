@@ -1,5 +1,5 @@
 """`flexgen-eval fetch-model NAME`: download and convert an embedded model, print its directory."""
-from flexgen_core import model_store
+from flexgen_core.model import store as model_store
 
 
 def register(subparsers):

@@ -48,9 +48,9 @@ def register(subparsers):
 
 
 def run(args) -> int:
-    from flexgen_core.llm import resolve_checkpoint
-    from flexgen_core.sizes import parse_size
-    from flexgen_core.spec import ModelSpec
+    from flexgen_core.model.spec import ModelSpec
+    from flexgen_core.runtime.llm import resolve_checkpoint
+    from flexgen_core.units import parse_size
     from flexgen_eval.helm import deployment
 
     name = deployment.helm_name(args.name)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 import os
 
-from flexgen_core.hardware import load_profile
-from flexgen_core.planner import plan_policy
-from flexgen_core.spec import ModelSpec
+from flexgen_core.model.spec import ModelSpec
+from flexgen_core.planning.hardware import load_profile
+from flexgen_core.planning.planner import plan_policy
 from flexgen_eval.commands import share_arg, size_arg
 
 

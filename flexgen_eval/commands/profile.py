@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import json
 
-from flexgen_core.hardware import PRESETS, load_profile, measure_profile
+from flexgen_core.planning.hardware import PRESETS, load_profile
+from flexgen_core.profiler import measure_profile
 
 
 def register(subparsers):

@@ -1,14 +1,22 @@
-"""ModelSpec: the shape of a model, from an HF config or the built-in table."""
+"""ModelSpec: the shape of a model, from an HF config or the built-in table.
+
+The fields every family has are the spec's own; what only one family knows (OPT's projected
+embeddings, Llama's rotary base) sits in that family's frozen settings, `spec.arch`. Families
+register in FAMILIES (model/families/__init__.py, the one table), so the spec reads a config
+through its family without importing the families, which import the spec.
+"""
 from __future__ import annotations
 
 import json
 import os
 from dataclasses import asdict, dataclass
 
+FAMILIES: dict = {}  # name -> family module, filled by model/families/__init__.py
+
 
 @dataclass(frozen=True)
 class ModelSpec:
-    family: str  # "opt" or "llama"
+    family: str  # a key of FAMILIES
     vocab_size: int
     hidden_size: int
     num_layers: int
@@ -18,29 +26,17 @@ class ModelSpec:
     max_seq_len: int
     tie_embeddings: bool = True
     hidden_act: str = ""
-    # OPT
-    word_embed_proj_dim: int | None = None
-    do_layer_norm_before: bool = True
-    # Llama family
-    rms_norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
-    rope_scaling: tuple = ()  # sorted (key, value) pairs of the HF rope_scaling dict
     head_dim_override: int | None = None
-    attention_bias: bool = False  # bias on q, k, v (Qwen2); OPT always has biases
-    mlp_bias: bool = False
     sliding_window: int | None = None
     bos_token_id: int | None = None
     eos_token_ids: tuple = ()
     pad_token_id: int | None = None
     name: str = ""
+    arch: object = None  # the family's own settings: a frozen dataclass of its module
 
     @property
     def head_dim(self) -> int:
         return self.head_dim_override or self.hidden_size // self.num_heads
-
-    @property
-    def rope_scaling_dict(self) -> dict:
-        return dict(self.rope_scaling)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,8 +44,6 @@ class ModelSpec:
     # -- construction -------------------------------------------------------------
     @classmethod
     def from_hf_config(cls, config: dict, name: str = "") -> "ModelSpec":
-        from .families import family_for_config
-
         return family_for_config(config).spec_from_config(config, name=name)
 
     @classmethod
@@ -72,20 +66,18 @@ class ModelSpec:
             raise KeyError(f"no built-in config for {name!r}; known: {', '.join(sorted(BUILTIN_CONFIGS))}")
         return cls.from_hf_config(BUILTIN_CONFIGS[key], name=key)
 
-    # -- sizes (used by memory accounting and the cost model) ----------------------
-    def layer_weight_numel(self) -> int:
-        """Parameters of one decoder layer."""
-        h, f, d = self.hidden_size, self.ffn_size, self.head_dim
-        q, kv = self.num_heads * d, self.num_kv_heads * d
-        attn = h * q + 2 * h * kv + q * h
-        if self.family == "opt":
-            return attn + q + 2 * kv + h + 2 * h * f + f + h + 4 * h
-        bias = (q + 2 * kv) if self.attention_bias else 0
-        return attn + bias + 3 * h * f + 2 * h
 
-    def kv_bytes_per_token(self, dtype_bytes: int) -> int:
-        """K and V of one token across all layers."""
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * dtype_bytes
+def family_for_config(config: dict):
+    """The family module that reads this HF config; one error that lists the supported ones."""
+    model_type = config.get("model_type", "")
+    archs = config.get("architectures") or []
+    for module in FAMILIES.values():
+        if model_type in module.MODEL_TYPES or any(a in module.ARCHITECTURES for a in archs):
+            return module
+    known = sorted(t for m in FAMILIES.values() for t in m.MODEL_TYPES)
+    raise ValueError(
+        f"unsupported architecture: model_type={model_type!r} architectures={archs}; supported model types: {known}"
+    )
 
 
 def _opt(hidden, layers, heads, ffn=None, proj=None, max_pos=2048):

@@ -5,15 +5,27 @@ RMSNorm, rotary positions, grouped-query attention, SwiGLU MLP, tied or untied h
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ..layers import WeightSpec, lookup, selected_rows
+from ..layers import WeightSpec, Widths, lookup, selected_rows
 from ..spec import ModelSpec
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+
+
+@dataclass(frozen=True)
+class LlamaSettings:
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: tuple = ()  # sorted (key, value) pairs of the HF rope_scaling dict
+    attention_bias: bool = False  # bias on q, k, v (Qwen2)
+    mlp_bias: bool = False
+
+
 _ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
 
 
@@ -55,18 +67,23 @@ def spec_from_config(config: dict, name: str = "") -> ModelSpec:
         max_seq_len=config.get("max_position_embeddings", 4096),
         tie_embeddings=config.get("tie_word_embeddings", False),
         hidden_act=act,
-        rms_norm_eps=config.get("rms_norm_eps", 1e-6),
-        rope_theta=theta,
-        rope_scaling=tuple(sorted(scaling.items())),
         head_dim_override=config.get("head_dim"),
-        attention_bias=config.get("attention_bias", model_type == "qwen2"),
-        mlp_bias=config.get("mlp_bias", False),
         sliding_window=window,
         bos_token_id=config.get("bos_token_id"),
         eos_token_ids=eos,
         pad_token_id=config.get("pad_token_id"),
         name=name or config.get("_name_or_path", ""),
+        arch=LlamaSettings(rms_norm_eps=config.get("rms_norm_eps", 1e-6), rope_theta=theta,
+                           rope_scaling=tuple(sorted(scaling.items())),
+                           attention_bias=config.get("attention_bias", model_type == "qwen2"),
+                           mlp_bias=config.get("mlp_bias", False)),
     )
+
+
+def widths(spec: ModelSpec) -> Widths:
+    """Grouped keys; the MLP counts three tensors of its inner width at its widest (gate, up and
+    their product; tests/test_memory_model.py checks it covers what the runtime allocates)."""
+    return Widths(kv=spec.num_kv_heads * spec.head_dim, mlp=3 * spec.ffn_size)
 
 
 def build_layers(spec: ModelSpec) -> list:
@@ -85,8 +102,8 @@ class Rotary:
 
     def __init__(self, spec: ModelSpec):
         d = spec.head_dim
-        inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
-        scaling = spec.rope_scaling_dict
+        inv_freq = 1.0 / (spec.arch.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+        scaling = dict(spec.arch.rope_scaling)
         kind = scaling.get("rope_type", "default")
         if kind == "linear":
             inv_freq = inv_freq / scaling["factor"]
@@ -158,13 +175,13 @@ class DecoderLayer:
         specs = [WeightSpec(p + "input_layernorm.weight", (h,), "ones")]
         for proj, out in (("q_proj", q), ("k_proj", kv), ("v_proj", kv)):
             specs.append(WeightSpec(f"{p}self_attn.{proj}.weight", (out, h)))
-            if s.attention_bias:
+            if s.arch.attention_bias:
                 specs.append(WeightSpec(f"{p}self_attn.{proj}.bias", (out,), "zeros"))
         specs.append(WeightSpec(p + "self_attn.o_proj.weight", (h, q)))
         specs.append(WeightSpec(p + "post_attention_layernorm.weight", (h,), "ones"))
         for proj, shape in (("gate_proj", (s.ffn_size, h)), ("up_proj", (s.ffn_size, h)), ("down_proj", (h, s.ffn_size))):
             specs.append(WeightSpec(f"{p}mlp.{proj}.weight", shape))
-            if s.mlp_bias:
+            if s.arch.mlp_bias:
                 specs.append(WeightSpec(f"{p}mlp.{proj}.bias", (shape[0],), "zeros"))
         return specs
 
@@ -178,7 +195,7 @@ class DecoderLayer:
     def _attention(self, h, w, ctx):
         s = self.spec
         b, n, _ = h.shape
-        x = rms_norm(h, w[self.p + "input_layernorm.weight"], s.rms_norm_eps)
+        x = rms_norm(h, w[self.p + "input_layernorm.weight"], s.arch.rms_norm_eps)
         q = self._linear(x, w, "self_attn.q_proj").view(b, n, s.num_heads, s.head_dim).transpose(1, 2)
         k = self._linear(x, w, "self_attn.k_proj").view(b, n, s.num_kv_heads, s.head_dim).transpose(1, 2)
         v = self._linear(x, w, "self_attn.v_proj").view(b, n, s.num_kv_heads, s.head_dim).transpose(1, 2)
@@ -188,7 +205,7 @@ class DecoderLayer:
         return h + self._linear(attn, w, "self_attn.o_proj")
 
     def _mlp(self, h, w):
-        x = rms_norm(h, w[self.p + "post_attention_layernorm.weight"], self.spec.rms_norm_eps)
+        x = rms_norm(h, w[self.p + "post_attention_layernorm.weight"], self.spec.arch.rms_norm_eps)
         gated = self.act(self._linear(x, w, "mlp.gate_proj"))
         up = self._linear(x, w, "mlp.up_proj")
         del x
@@ -211,5 +228,5 @@ class Head:
                 WeightSpec(self.lm_head, (s.vocab_size, s.hidden_size))]
 
     def forward(self, h, w, ctx):
-        x = rms_norm(selected_rows(h, ctx.select), w["model.norm.weight"], self.spec.rms_norm_eps)
+        x = rms_norm(selected_rows(h, ctx.select), w["model.norm.weight"], self.spec.arch.rms_norm_eps)
         return F.linear(x, w[self.lm_head])

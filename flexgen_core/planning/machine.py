@@ -26,9 +26,11 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 
-from .model_store import cache_root
-from .policy import TIERS
-from .sizes import format_size, parse_size
+from ..memory.tiers import TIERS
+from ..model.store import cache_root
+from ..units import format_size, parse_size
+from .hardware import HardwareProfile, guess_preset
+from .measure import measure_rates
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +139,6 @@ def default_hardware(device, offload_dir: str | None = None, cache_dir: str | No
     `flexgen-eval profile` does)."""
     import torch
 
-    from .hardware import HardwareProfile, guess_preset, measure_profile
 
     device = torch.device(device)
     if device.type == "cuda":
@@ -152,7 +153,7 @@ def default_hardware(device, offload_dir: str | None = None, cache_dir: str | No
     scratch = tempfile.mkdtemp(prefix="flexgen-profile-", dir=offload_dir if offload_dir and os.path.isdir(offload_dir)
                                else None)
     try:
-        profile = measure_profile(scratch, "cpu", name=f"measured {machine_key()}")
+        profile = measure_rates(scratch, "cpu", name=f"measured {machine_key()}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     try:
@@ -165,15 +166,18 @@ def default_hardware(device, offload_dir: str | None = None, cache_dir: str | No
     return profile
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo; else what the platform module says)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def machine_key() -> str:
     """CPU model, cores, torch threads and version: what the CPU rates depend on."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    text = f"{cpu}-{os.cpu_count()}cores-{torch.get_num_threads()}threads-torch{torch.__version__}"
+    text = f"{cpu_name()}-{os.cpu_count()}cores-{torch.get_num_threads()}threads-torch{torch.__version__}"
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_")

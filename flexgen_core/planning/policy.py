@@ -3,16 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-TIERS = ("gpu", "cpu", "disk")  # "gpu" is the compute device; the CPU when there is no GPU
-
-# Tasks a writes queue may hold before submit waits for the oldest. Each holds its device tensors (a
-# batch's new keys and values, or its hidden states) until it runs, and a write runs only once the
-# device has produced them: with the host far ahead of the device (all weights resident, a prefill)
-# an unbounded queue can hold every layer's keys and values at once (the likely cause of an
-# out-of-memory error 1.2 GiB above the plan: OPT-6.7B, batch 8 x 512 tokens, H200 with a 16 GiB
-# cap). The cost model counts this many in flight.
-WRITES_IN_FLIGHT = 4
-
 
 def parse_cpu_attention(value) -> float:
     """cpu_attention as typed (a CLI flag, an lm-eval model_arg): true / false (also on / off, yes / no)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .attention import prefill_mask
+from ..model.attention import prefill_mask
 from .sampling import RowSampler
 
 

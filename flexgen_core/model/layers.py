@@ -29,6 +29,15 @@ class WeightSpec:
         return n
 
 
+@dataclass(frozen=True)
+class Widths:
+    """Values per token a decoder layer holds beside its weights, which no weight list shows; a
+    family module whose layers differ from the default (planning/sizes.py) says so in `widths(spec)`."""
+
+    kv: int  # keys (and as many values) it caches
+    mlp: int  # its MLP's working tensors at their widest
+
+
 class LayerContext(Protocol):
     positions: torch.Tensor  # [batch, seq] absolute token positions
     select: torch.Tensor | None  # head only: flat indices into batch*seq whose logits are wanted

@@ -1,6 +1,8 @@
 """OPT (and OPT-IML): learned positions, pre- or post-LayerNorm, ReLU MLP, tied head."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -11,6 +13,14 @@ MODEL_TYPES = ("opt",)
 ARCHITECTURES = ("OPTForCausalLM",)
 POSITION_OFFSET = 2  # OPT's learned position table starts at index 2
 PREFIX = "model.decoder."
+
+
+
+@dataclass(frozen=True)
+class OptSettings:
+    word_embed_proj_dim: int  # embeddings of this width, projected in and out when it is not the hidden size
+    do_layer_norm_before: bool = True  # pre-LayerNorm; False: post-LayerNorm and no final norm (opt-350m)
+
 
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
 
@@ -34,12 +44,12 @@ def spec_from_config(config: dict, name: str = "") -> ModelSpec:
         max_seq_len=config.get("max_position_embeddings", 2048),
         tie_embeddings=config.get("tie_word_embeddings", True),
         hidden_act=act,
-        word_embed_proj_dim=config.get("word_embed_proj_dim", hidden),
-        do_layer_norm_before=config.get("do_layer_norm_before", True),
         bos_token_id=config.get("bos_token_id"),
         eos_token_ids=tuple(eos) if isinstance(eos, list) else (eos,),
         pad_token_id=config.get("pad_token_id"),
         name=name or config.get("_name_or_path", ""),
+        arch=OptSettings(word_embed_proj_dim=config.get("word_embed_proj_dim", hidden),
+                         do_layer_norm_before=config.get("do_layer_norm_before", True)),
     )
 
 
@@ -57,11 +67,11 @@ class Embedding:
     def weight_specs(self):
         s = self.spec
         specs = [
-            WeightSpec(PREFIX + "embed_tokens.weight", (s.vocab_size, s.word_embed_proj_dim), lookup=True),
+            WeightSpec(PREFIX + "embed_tokens.weight", (s.vocab_size, s.arch.word_embed_proj_dim), lookup=True),
             WeightSpec(PREFIX + "embed_positions.weight", (s.max_seq_len + POSITION_OFFSET, s.hidden_size), lookup=True),
         ]
-        if s.word_embed_proj_dim != s.hidden_size:
-            specs.append(WeightSpec(PREFIX + "project_in.weight", (s.hidden_size, s.word_embed_proj_dim)))
+        if s.arch.word_embed_proj_dim != s.hidden_size:
+            specs.append(WeightSpec(PREFIX + "project_in.weight", (s.hidden_size, s.arch.word_embed_proj_dim)))
         return specs
 
     def forward(self, token_ids, w, ctx):
@@ -106,7 +116,7 @@ class DecoderLayer:
     def _attention(self, h, w, ctx):
         s = self.spec
         b, n, _ = h.shape
-        pre = s.do_layer_norm_before
+        pre = s.arch.do_layer_norm_before
         x = self._norm(h, w, "self_attn_layer_norm") if pre else h
         heads = lambda t: t.view(b, n, s.num_heads, s.head_dim).transpose(1, 2)  # noqa: E731
         q = heads(self._linear(x, w, "self_attn.q_proj"))
@@ -117,7 +127,7 @@ class DecoderLayer:
         return h if pre else self._norm(h, w, "self_attn_layer_norm")
 
     def _mlp(self, h, w):
-        pre = self.spec.do_layer_norm_before
+        pre = self.spec.arch.do_layer_norm_before
         # the norm's output is an argument only, freed once fc1 has read it
         hidden = self.act(self._linear(self._norm(h, w, "final_layer_norm") if pre else h, w, "fc1"))
         h = h + self._linear(hidden, w, "fc2")
@@ -135,12 +145,12 @@ class Head:
     def weight_specs(self):
         s = self.spec
         specs = []
-        if s.do_layer_norm_before:  # post-LN variants (opt-350m) have no final norm
+        if s.arch.do_layer_norm_before:  # post-LN variants (opt-350m) have no final norm
             specs += [WeightSpec(PREFIX + "final_layer_norm.weight", (s.hidden_size,), "ones"),
                       WeightSpec(PREFIX + "final_layer_norm.bias", (s.hidden_size,), "zeros")]
-        if s.word_embed_proj_dim != s.hidden_size:
-            specs.append(WeightSpec(PREFIX + "project_out.weight", (s.word_embed_proj_dim, s.hidden_size)))
-        return specs + [WeightSpec(self.lm_head, (s.vocab_size, s.word_embed_proj_dim))]
+        if s.arch.word_embed_proj_dim != s.hidden_size:
+            specs.append(WeightSpec(PREFIX + "project_out.weight", (s.arch.word_embed_proj_dim, s.hidden_size)))
+        return specs + [WeightSpec(self.lm_head, (s.vocab_size, s.arch.word_embed_proj_dim))]
 
     def forward(self, h, w, ctx) -> torch.Tensor:
         x = selected_rows(h, ctx.select)

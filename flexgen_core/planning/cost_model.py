@@ -15,13 +15,15 @@ program; `estimate` just evaluates them at a Policy's percentages.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 
-from .compression import scratch_bytes
+from ..memory.compression import scratch_bytes
+from ..memory.io_queue import WRITES_IN_FLIGHT
+from ..memory.tiers import TIERS
+from ..model.spec import ModelSpec
+from ..units import format_size
 from .hardware import HardwareProfile, load_profile
-from .policy import TIERS, WRITES_IN_FLIGHT, Policy
-from .sizes import format_size
-from .spec import ModelSpec
+from .policy import Policy
+from .sizes import model_sizes
 
 KINDS = ("w", "c", "a")  # weights, KV cache, activations
 VARS = tuple(f"{k}_{t}" for k in KINDS for t in TIERS)  # w_gpu, w_cpu, w_disk, c_gpu, ...
@@ -74,48 +76,6 @@ def off_device(kind: str, scale: float = 1.0) -> Lin:
     return Lin.var(f"{kind}_cpu", f"{kind}_disk", scale=scale)
 
 
-@lru_cache(maxsize=64)
-def layer_numels(spec: ModelSpec) -> tuple[int, int, int]:
-    """Elements the embedding layer, one decoder layer and the head stream every step, counted
-    from the family's weight list as the runtime packs it. Embedding tables are looked up by row,
-    never streamed, so the embedding layer streams little or nothing."""
-    return _numels(spec)[0]
-
-
-@lru_cache(maxsize=64)
-def stored_numels(spec: ModelSpec) -> tuple[int, int, int]:
-    """Elements each kind of layer stores: what it streams plus the lookup tables it keeps (a
-    tied embedding is stored once, in the head that multiplies with it)."""
-    return _numels(spec)[1]
-
-
-def _numels(spec: ModelSpec):
-    try:
-        from .families import family_of
-        from .layers import storage_plan
-
-        layers = family_of(spec).build_layers(spec)
-        streamed, stored = {}, {}
-        for layer, (moving, tables) in zip(layers, storage_plan(layers)):
-            streamed.setdefault(layer.kind, sum(w.numel for w in moving))
-            stored.setdefault(layer.kind, sum(w.numel for w in moving + tables))
-        kinds = ("embed", "decoder", "head")
-        return tuple(streamed[k] for k in kinds), tuple(stored[k] for k in kinds)
-    except (ImportError, AttributeError, KeyError):  # families not available: the same count by formula
-        h, proj = spec.hidden_size, spec.word_embed_proj_dim or spec.hidden_size
-        table = spec.vocab_size * proj
-        embed_streamed = h * proj if spec.family == "opt" and proj != h else 0
-        embed = embed_streamed + (0 if spec.tie_embeddings else table)
-        head = spec.vocab_size * proj
-        if spec.family == "opt":
-            embed += (spec.max_seq_len + 2) * h
-            head += (2 * h if spec.do_layer_norm_before else 0) + (h * proj if proj != h else 0)
-        else:
-            head += h
-        layer = spec.layer_weight_numel()
-        return (embed_streamed, layer, head), (embed, layer, head)
-
-
 def compressed_bytes_per_element(bits: int, group_size: int) -> float:
     """Group-wise quantisation: `bits` per value plus an fp16 scale and min per group."""
     return bits / 8 + 4 / group_size
@@ -159,17 +119,18 @@ class BlockModel:
         self.comp = compressed_bytes_per_element(shape.compression_bits, shape.compression_group_size)
         self.wb = self.comp if shape.compress_weight else dtype_bytes  # weight bytes/element at rest and in flight
         self.cb = self.comp if shape.compress_cache else dtype_bytes
-        self.numel = dict(zip(("embed", "decoder", "head"), layer_numels(spec)))  # streamed per step
-        self.stored = dict(zip(("embed", "decoder", "head"), stored_numels(spec)))
-        self.count = {"embed": 1, "decoder": spec.num_layers, "head": 1}
+        self.sizes = model_sizes(spec)
+        self.numel = {k: v.streamed for k, v in self.sizes.layers.items()}  # streamed per step
+        self.stored = {k: v.stored for k, v in self.sizes.layers.items()}
+        self.matmul = {k: v.matmul for k, v in self.sizes.layers.items()}
+        self.count = dict(self.sizes.count)
         self.steps = token_steps(prompt_len, gen_len)
         self._terms = None
 
     # -- sizes -----------------------------------------------------------------------
     def cache_bytes(self, positions: float, per_elem: float | None = None) -> float:
         """K and V of one GPU batch, one decoder layer."""
-        sp = self.spec
-        return 2 * self.b * sp.num_kv_heads * sp.head_dim * positions * (per_elem or self.cb)
+        return 2 * self.b * self.sizes.widths.kv * positions * (per_elem or self.cb)
 
     def hidden_bytes(self, tokens: int) -> float:
         return self.b * tokens * self.spec.hidden_size * self.dt
@@ -202,20 +163,22 @@ class BlockModel:
         # small batches is launch-bound)
         out["cpu"] += k * hw.layer_call_s
         if kind == "head":  # logits of the last position only
-            out["device"] += k * self._gemm(self.numel[kind], 1, prefill)
+            out["device"] += k * self._gemm(kind, 1, prefill)
         elif kind == "decoder":
-            out["device"] += k * self._gemm(self.numel[kind], step.new_tokens, prefill)
+            out["device"] += k * self._gemm(kind, step.new_tokens, prefill)
             for r, lin in self._attention(step).items():
                 out[r] += lin
         return out
 
-    def _gemm(self, numel: int, tokens: int, prefill: bool) -> float:
+    def _gemm(self, kind: str, tokens: int, prefill: bool) -> float:
+        """A layer's matrices times the batch's tokens: bound by the FLOPs or by reading the weights."""
         hw = self.hw
-        flops = 2 * self.b * tokens * numel
+        flops = 2 * self.b * tokens * self.matmul[kind]
+        read = self.numel[kind] * self.dt
         if hw.gemv_bw:  # measured: bound by reading the weights (few rows) or by the large-matmul rate
-            return max(flops / hw.gemm_flops_prefill, numel * self.dt / hw.gemv_bw)
+            return max(flops / hw.gemm_flops_prefill, read / hw.gemv_bw)
         rate = hw.gemm_flops_prefill if prefill else hw.gemm_flops_decode
-        return max(flops / rate, numel * self.dt / hw.device_mem_bw)  # small batches read-bound
+        return max(flops / rate, read / hw.device_mem_bw)  # small batches read-bound
 
     def _dequant(self, values: float) -> float:
         """Seconds to unpack this many 4-bit values on the device: at the measured rate, else one
@@ -304,19 +267,19 @@ class BlockModel:
         if self.shape.compress_weight:  # both loads are dequantised as they arrive
             weight_buffers += this_and_next(layer_numel) * dt
 
-        qkv = sp.num_heads + 2 * sp.num_kv_heads
-        mlp_mult = 2 if sp.family == "opt" else 3  # fc1 out + act / gate, up and their product
+        kv_width = self.sizes.widths.kv
+        q_width = sp.num_heads * sp.head_dim
         logits = b * sp.vocab_size * (4 + dt)
 
         def working(tokens: int, keys: int, prefill: bool) -> float:
             hidden = (1 + nbuf) * self.hidden_bytes(tokens)  # input (+ next batch's), output
             # q, k, v, the output, grouped heads' expanded k and v, fp32 scores and a boolean mask
-            expanded = 2 * sp.num_heads * keys if prefill and sp.num_kv_heads != sp.num_heads else 0
-            attn = b * sp.head_dim * (tokens * (qkv + sp.num_heads) + expanded) * dt
+            expanded = 2 * q_width * keys if prefill and kv_width != q_width else 0
+            attn = b * (tokens * (2 * q_width + 2 * kv_width) + expanded) * dt
             if prefill and self.shape.compress_cache:  # the prompt attends to its keys and values as stored
-                attn += 2 * b * sp.head_dim * tokens * sp.num_kv_heads * dt
+                attn += 2 * b * tokens * kv_width * dt
             attn += b * tokens * keys * (sp.num_heads * 4 + 1)
-            mlp = mlp_mult * b * tokens * sp.ffn_size * dt
+            mlp = b * tokens * self.sizes.widths.mlp * dt
             return hidden + max(attn, mlp, logits)
 
         # writes waiting for their turn hold a batch's prompt keys and values, or its hidden states, on

@@ -17,12 +17,12 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from .attention import prefill_attention
-from .compression import QuantConfig
-from .io_queue import IOQueue
-from .kv_cache import BlockCache, decode_over_segments, stored_and_seen
-from .policy import WRITES_IN_FLIGHT, Policy
-from .tiers import TieredRows, TierSet
+from ..memory.compression import QuantConfig
+from ..memory.io_queue import WRITES_IN_FLIGHT, IOQueue
+from ..memory.kv_cache import BlockCache, decode_over_segments, stored_and_seen
+from ..memory.tiers import TieredRows, TierSet
+from ..model.attention import prefill_attention
+from ..planning.policy import Policy
 
 HEAD_CHUNK_ROWS = 1024  # logits rows per head call: bounds the [rows, vocab] tensor
 

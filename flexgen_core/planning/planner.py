@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 
 from ortools.linear_solver import pywraplp
 
+from ..memory.tiers import TIERS
+from ..model.spec import ModelSpec
+from ..units import format_size, parse_size
 from .cost_model import VARS, BlockModel, Estimate, default_dtype_bytes
 from .hardware import HardwareProfile, load_profile
-from .policy import TIERS, Policy
-from .sizes import format_size, parse_size
-from .spec import ModelSpec
+from .policy import Policy
 
 GPU_BATCH_SIZES = (1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256,
                    320, 384, 448, 512)

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from .pinned import PinnedPool
-from .policy import TIERS
+
+TIERS = ("gpu", "cpu", "disk")  # "gpu" is the compute device; the CPU when there is no GPU
 
 _NUMPY_VIEW = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.int16,
                torch.int8: np.int8, torch.uint8: np.uint8, torch.int32: np.int32, torch.int64: np.int64}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import cpu_decode_attention_rows, decode_attention_rows, sparse_decode_attention_rows
+from ..model.attention import cpu_decode_attention_rows, decode_attention_rows, sparse_decode_attention_rows
 from .compression import QuantConfig, dequantize, quantize
 from .tiers import TieredRows, TierSet
 

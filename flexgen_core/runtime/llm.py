@@ -7,19 +7,19 @@ import time
 
 import torch
 
+from ..memory.compression import QuantConfig
+from ..memory.tiers import TIERS, TierSet, split_rows
+from ..memory.weight_store import WeightSource, WeightStore
+from ..model.families import family_of
+from ..model.layers import storage_plan
+from ..model.spec import BUILTIN_CONFIGS, ModelSpec
+from ..planning.policy import Policy
 from .completion import Completion, OnBlock
-from .compression import QuantConfig
-from .families import family_of
 from .jobs import GenerationJob, ScoringJob
-from .layers import storage_plan
 from .outputs import CompletionOutput, RequestOutput, ScoreOutput
-from .policy import TIERS, Policy
 from .prefix_sharing import common_prefix, pack_choices, prefix_blocks, prefix_groups
 from .sampling import RowSampler, SamplingParams
 from .scheduler import Scheduler
-from .spec import BUILTIN_CONFIGS, ModelSpec
-from .tiers import TierSet, split_rows
-from .weight_store import WeightSource, WeightStore
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -47,7 +47,7 @@ def resolve_checkpoint(name_or_dir: str) -> str:
     if os.path.isdir(name_or_dir):
         return name_or_dir
     try:
-        from . import model_store
+        from ..model import store as model_store
 
         if model_store.is_embedded(name_or_dir):
             return model_store.resolve_model(name_or_dir)
@@ -138,7 +138,7 @@ class LLM:
         to a multiple of PROMPT_BUCKET), keeping the weights where they were loaded."""
         if self.replan is None:
             return self.policy
-        from .planner import InfeasibleBudget, plan_policy
+        from ..planning.planner import InfeasibleBudget, plan_policy
 
         bucket = max(prompt_len, min(-(-prompt_len // PROMPT_BUCKET) * PROMPT_BUCKET,
                                      self.spec.max_seq_len - new_tokens))
@@ -407,8 +407,8 @@ class LLM:
 def _plan_at_load(spec, device, dtype, offload_dir, memory, hardware, workload, compress_weight, compress_cache,
                   max_block_size):
     """(budgets, planner arguments for later buckets, the plan that places the weights)."""
-    from .machine import default_hardware, resolve_budgets
-    from .planner import InfeasibleBudget, plan_policy
+    from ..planning.machine import default_hardware, resolve_budgets
+    from ..planning.planner import InfeasibleBudget, plan_policy
 
     budgets = resolve_budgets(memory, device, offload_dir)
     replan = dict(memory=budgets.bytes, hardware=hardware or default_hardware(device, offload_dir),
@@ -427,7 +427,7 @@ def _plan_at_load(spec, device, dtype, offload_dir, memory, hardware, workload, 
 
 def check_fits(spec: ModelSpec, policy: Policy, memory: dict, dtype: torch.dtype):
     """Resident weights per tier against the budgets; cache and activations are checked by the planner."""
-    from .sizes import parse_size
+    from ..units import parse_size
 
     layers = family_of(spec).build_layers(spec)
     itemsize = torch.empty((), dtype=dtype).element_size()
@@ -438,7 +438,7 @@ def check_fits(spec: ModelSpec, policy: Policy, memory: dict, dtype: torch.dtype
             need[tier] += n * itemsize
     for tier in TIERS:
         if tier in memory and memory[tier] is not None and need[tier] > parse_size(memory[tier]):
-            from .sizes import format_size
+            from ..units import format_size
 
             raise ValueError(
                 f"policy does not fit: weights need {format_size(need[tier])} on {tier}, budget is "

@@ -14,9 +14,9 @@ import os
 
 import torch
 
-from .checkpoint import CheckpointReader
+from ..model.checkpoint import CheckpointReader
+from ..model.layers import WeightSpec, storage_plan
 from .compression import QuantConfig, dequantize, quantize
-from .layers import WeightSpec, storage_plan
 from .tiers import DiskArray, TieredRows, TierSet, split_rows
 
 

@@ -1,0 +1,67 @@
+"""What a model weighs and computes, read off its family's own layers.
+
+Bytes per layer come from the layers' WeightSpecs as the runtime stores and streams them, FLOPs
+per token from the matrices among them, and the two widths no weight list shows from a small
+hook a family module may define (`widths(spec) -> Widths`): so a new family needs no edit here,
+in the cost model or in the memory accounting (`Widths` is in model/layers.py, the interface
+families implement).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from ..model.families import family_of
+from ..model.layers import Widths, storage_plan
+from ..model.spec import ModelSpec
+
+KINDS = ("embed", "decoder", "head")
+
+
+@dataclass(frozen=True)
+class LayerSizes:
+    streamed: int  # values loaded whole every step (lookup tables are read by row instead)
+    stored: int  # values kept: what it streams and the lookup tables it owns
+    matmul: int  # values of its matrices, each multiplied with every token: FLOPs per token = 2x this
+
+
+@dataclass(frozen=True)
+class ModelSizes:
+    layers: dict  # {kind: LayerSizes} for "embed", "decoder" (one of them) and "head"
+    count: dict  # {kind: layers of that kind}
+    widths: Widths
+
+    def weight_values(self) -> int:
+        return sum(self.layers[k].stored * self.count[k] for k in KINDS)
+
+    def kv_bytes_per_token(self, dtype_bytes: float) -> float:
+        """K and V of one token across all decoder layers."""
+        return 2 * self.count["decoder"] * self.widths.kv * dtype_bytes
+
+    def flops_per_token(self) -> int:
+        """Matrix FLOPs of one token through every layer (attention over the context aside)."""
+        return sum(2 * self.layers[k].matmul * self.count[k] for k in KINDS)
+
+
+def default_widths(spec: ModelSpec) -> Widths:
+    """Grouped-query attention's K width, and an MLP holding two tensors of its inner width."""
+    return Widths(kv=spec.num_kv_heads * spec.head_dim, mlp=2 * spec.ffn_size)
+
+
+@lru_cache(maxsize=64)
+def model_sizes(spec: ModelSpec) -> ModelSizes:
+    family = family_of(spec)
+    layers = family.build_layers(spec)
+    sizes, count = {}, dict.fromkeys(KINDS, 0)
+    for layer, (moving, tables) in zip(layers, storage_plan(layers)):
+        count[layer.kind] += 1
+        found = LayerSizes(streamed=sum(w.numel for w in moving), stored=sum(w.numel for w in moving + tables),
+                           matmul=sum(w.numel for w in moving if len(w.shape) == 2))
+        if sizes.setdefault(layer.kind, found) != found:
+            raise ValueError(f"{spec.family}: decoder layers of different sizes are not supported yet "
+                             f"({layer.name}: {found} against {sizes[layer.kind]})")
+    missing = [k for k in KINDS if k not in sizes]
+    if missing:
+        raise ValueError(f"{spec.family}: build_layers gave no {', '.join(missing)} layer")
+    widths = family.widths(spec) if hasattr(family, "widths") else default_widths(spec)
+    return ModelSizes(sizes, count, widths)
