@@ -1,12 +1,14 @@
-"""HELM on SmolLM2-135M: the flexgen client against HELM's own HuggingFace client.
+"""`flexgen-eval compare-helm`: HELM on SmolLM2-135M, the flexgen client against HELM's own
+HuggingFace client, side by side.
 
-Runs each run entry through `helm-run` four ways (HF client -n 1 and -n 4; flexgen with the
-batching runner; flexgen with the stock runner -n 4, i.e. micro-batching), caches disabled,
-then compares per-instance predictions and accuracy stats and reports wall times.
+Runs each run entry through `helm-run` in several configs (HF client -n 1 and -n 4; flexgen with the
+batching runner; flexgen with the stock runner, micro-batching), caches disabled, then compares
+per-instance predictions and accuracy stats and reports wall times; `--one-run` puts every entry
+in one helm-run per config (whole-run wall time and each entry's executor time).
 
-    FLEXGEN_DATA_DIR=../shared/data .venv/bin/python scripts/bench_helm.py --max-eval-instances 100
+    FLEXGEN_DATA_DIR=../shared/data flexgen-eval compare-helm --max-eval-instances 100
 
-Writes results/helm_smollm2.md and results/helm_smollm2.json.
+Writes OUT.md and OUT.json (default results/helm_smollm2).
 """
 from __future__ import annotations
 
@@ -20,7 +22,6 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 ENTRIES = {
     "mmlu_joint": "mmlu:subject=abstract_algebra,method=multiple_choice_joint",
@@ -237,8 +238,7 @@ def machine() -> str:
             f"transformers {version('transformers')}, Python {platform.python_version()}")
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(p):
     p.add_argument("--max-eval-instances", type=int, default=100)
     p.add_argument("--entries", nargs="+", default=list(ENTRIES), choices=list(ENTRIES))
     p.add_argument("--configs", nargs="+", default=["hf-n1", "hf-n4", "flexgen-batched", "flexgen-n4"])
@@ -249,12 +249,14 @@ def main(argv=None) -> int:
     p.add_argument("--flexgen-threads", type=int, default=1, help="-n of the flexgen-batched config")
     p.add_argument("--work-dir", default="/tmp/flexgen-helm-bench")
     p.add_argument("--data-dir", default=os.environ.get("FLEXGEN_DATA_DIR"))
-    p.add_argument("--out", default=os.path.join(ROOT, "results", "helm_smollm2"))
+    p.add_argument("--out", default=os.path.join("results", "helm_smollm2"), help="OUT.md and OUT.json are written")
     p.add_argument("--no-resume-check", dest="resume_check", action="store_false",
                    help="skip killing and restarting a batching-runner helm-run")
-    args = p.parse_args(argv)
+
+
+def run(args) -> int:
     if not args.data_dir:
-        p.error("set FLEXGEN_DATA_DIR or pass --data-dir (MMLU is read offline)")
+        raise ValueError("set FLEXGEN_DATA_DIR or pass --data-dir (MMLU is read offline)")
     from flexgen_core.model.store import fetch_model
 
     model_dir = fetch_model("smollm2-135m")
@@ -262,8 +264,7 @@ def main(argv=None) -> int:
     cfgs = configs(model_dir, args.flexgen_threads)
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine(), "model": model_dir, "max_eval_instances": args.max_eval_instances,
-              "gpu_batch_size": args.gpu_batch_size, "command": " ".join([os.path.relpath(sys.executable, ROOT),
-                                                                          "scripts/bench_helm.py", *sys.argv[1:]]),
+              "gpu_batch_size": args.gpu_batch_size, "command": " ".join(["flexgen-eval", *sys.argv[1:]]),
               "entries": {}}
     if args.one_run:
         together(args, cfgs, report)
@@ -495,7 +496,3 @@ OBSERVATIONS = """## Observations (runs of 2026-11-26 12:24-13:13 UTC, written b
   prompt into 8k-token packed rows) to 41 s (groups only where sharing pays) to 22 s (scoring
   batches cut before padding passes 1.25x the real tokens): the rerun lines above.
 """
-
-
-if __name__ == "__main__":
-    sys.exit(main())

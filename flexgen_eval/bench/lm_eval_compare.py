@@ -1,14 +1,14 @@
-"""Wall time of `lm_eval --model hf --batch_size 16` vs `lm_eval --model flexgen` on the same tasks,
-with the metrics and per-sample log-likelihoods of both compared. Writes results/lm_eval_cpu.{md,json} (--name).
+"""`flexgen-eval compare-lm-eval`: wall time of `lm_eval --model hf --batch_size 16` against
+`lm_eval --model flexgen` on the same tasks, with the metrics and per-sample log-likelihoods of
+both compared. Writes OUT/NAME.{md,json} (default results/lm_eval_cpu).
 
-    FLEXGEN_DATA_DIR=../shared/data .venv/bin/python scripts/bench_lm_eval.py            # the issue's sizes
-    FLEXGEN_DATA_DIR=../shared/data .venv/bin/python scripts/bench_lm_eval.py --scale 0.1  # a reduced run
+    FLEXGEN_DATA_DIR=../shared/data flexgen-eval compare-lm-eval              # the default task sizes
+    FLEXGEN_DATA_DIR=../shared/data flexgen-eval compare-lm-eval --scale 0.1  # a reduced run
 
 Each run is a separate `lm_eval` process, so wall time includes start-up and model loading for both.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import glob
 import json
@@ -20,7 +20,8 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the offline task YAMLs, and the working directory of every lm_eval run (relative data paths)
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # task -> documents, as in issue 6's "done when"
 TASKS = {"offline_arc_easy": 500, "offline_lambada_openai": 1000, "offline_hellaswag": 500, "offline_wikitext": 20,
          "offline_mmlu_abstract_algebra": 100, "offline_mmlu_management": 103}
@@ -38,7 +39,7 @@ def lm_eval_command(model: str, model_args: str, task: str, limit: int, out_dir:
         ([] if num_fewshot is None else ["--num_fewshot", str(num_fewshot)])
 
 
-def run(cmd: list[str], log_path: str) -> float:
+def timed(cmd: list[str], log_path: str) -> float:
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     start = time.perf_counter()
     with open(log_path, "w") as log:
@@ -104,15 +105,14 @@ def machine() -> dict:
             "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser):
     parser.add_argument("--model", default="smollm2-135m", help="checkpoint dir or embedded model name")
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of each task's documents to run")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of " + ",".join(TASKS))
     parser.add_argument("--flexgen_args", default="", help="extra flexgen model_args, e.g. gpu_batch_size=32")
     parser.add_argument("--num_fewshot", type=int, default=None,
                         help="in-context examples per prompt, for both backends (default: each task's own, 0 here)")
-    parser.add_argument("--out", default=os.path.join(REPO, "results"), help="where NAME.{md,json} go")
+    parser.add_argument("--out", default="results", help="where NAME.{md,json} go")
     parser.add_argument("--name", default="lm_eval_cpu", help="file name of the report, without extension")
     parser.add_argument("--work", default="/tmp/flexgen-bench-lm-eval", help="lm_eval outputs and logs")
     parser.add_argument("--rounds", type=int, default=1,
@@ -122,9 +122,11 @@ def main() -> int:
     parser.add_argument("--one-run", action="store_true",
                         help="all tasks in one lm_eval process per backend (--limit: --one-run-limit)")
     parser.add_argument("--one-run-limit", type=int, default=300, help="documents per task with --one-run")
-    args = parser.parse_args()
+
+
+def run(args) -> int:
     if not os.environ.get("FLEXGEN_DATA_DIR"):
-        parser.error("FLEXGEN_DATA_DIR is not set: point it at the shared benchmark data")
+        raise ValueError("FLEXGEN_DATA_DIR is not set: point it at the shared benchmark data")
     from flexgen_core.runtime.llm import resolve_checkpoint
 
     model_dir = resolve_checkpoint(args.model)
@@ -133,7 +135,7 @@ def main() -> int:
     tasks = args.tasks.split(",")
     for task in tasks:
         if task not in TASKS:
-            parser.error(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+            raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
     units = [",".join(tasks)] if args.one_run else tasks
     for task in units:
         parts = task.split(",")
@@ -148,7 +150,7 @@ def main() -> int:
                 size = None if (args.planned and model == "flexgen") else batch
                 cmd = lm_eval_command(model, model_args, task, limit, out_dir, size, args.num_fewshot)
                 print(f"[{task}] {model} round {k + 1}/{args.rounds}: {' '.join(cmd)}", flush=True)
-                row.setdefault(f"{model}_runs_seconds", []).append(run(cmd, out_dir + ".log"))
+                row.setdefault(f"{model}_runs_seconds", []).append(timed(cmd, out_dir + ".log"))
                 row[f"{model}_command"] = " ".join(cmd)
                 outputs = [load_outputs(out_dir, t) for t in parts]
                 row[f"{model}_metrics"] = {t: m for t, (m, _) in zip(parts, outputs)} if args.one_run else outputs[0][0]
@@ -164,7 +166,7 @@ def main() -> int:
               f"x{row['speedup']:.2f} identical={row['identical_metrics']}", flush=True)
         rows.append(row)
         report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                  "command": " ".join([os.path.relpath(sys.executable, REPO)] + sys.argv), "model": model_dir,
+                  "command": " ".join(["flexgen-eval", *sys.argv[1:]]), "model": model_dir,
                   "scale": args.scale, "rounds": args.rounds, "num_fewshot": args.num_fewshot,
                   "planned": args.planned, "one_run": args.one_run, "load_avg_start": load_start,
                   "load_avg_end": os.getloadavg(), "machine": machine(), "runs": rows}
@@ -216,7 +218,3 @@ def markdown(report: dict) -> str:
         for task, hf, fg in metrics:
             lines.append(f"- {task}: {json.dumps(hf)} / {json.dumps(fg)}")
     return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    sys.exit(main())
