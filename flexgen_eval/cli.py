@@ -15,8 +15,7 @@ COMMAND_MODULES = [
     "flexgen_eval.commands.profile",
     "flexgen_eval.commands.helm_config",
     "flexgen_eval.commands.bench",
-    "flexgen_eval.commands.compare_helm",
-    "flexgen_eval.commands.compare_lm_eval",
+    "flexgen_eval.commands.measure",
 ]
 
 

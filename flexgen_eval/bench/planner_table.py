@@ -1,13 +1,13 @@
-"""Planner vs the FlexGen paper's hand-tuned T4 policies: writes results/planner.md and results/planner.json.
+"""`flexgen-eval planner-table`: the planner vs the FlexGen paper's hand-tuned T4 policies; writes
+OUT_DIR/planner.md and OUT_DIR/planner.json.
 
-    .venv/bin/python scripts/planner_table.py [--out-dir results]
+    flexgen-eval planner-table [--out-dir results]
 
 Pure cost-model arithmetic (no model runs): every number is a prediction from the `t4` preset
 except the "paper" column, which is what Sheng et al. measured on their T4 machine.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -15,13 +15,11 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from flexgen_core import ModelSpec, Policy  # noqa: E402
-from flexgen_core.planning.cost_model import estimate  # noqa: E402
-from flexgen_core.planning.hardware import load_profile  # noqa: E402
-from flexgen_core.planning.planner import plan_policy  # noqa: E402
-from flexgen_core.units import format_size, parse_size  # noqa: E402
+from flexgen_core import ModelSpec, Policy
+from flexgen_core.planning.cost_model import estimate
+from flexgen_core.planning.hardware import load_profile
+from flexgen_core.planning.planner import plan_policy
+from flexgen_core.units import format_size, parse_size
 
 PROMPT, GEN = 512, 32
 BUDGET = {"gpu": "16GiB", "cpu": "200GiB", "disk": "1.5TB"}
@@ -84,10 +82,11 @@ def versus(records) -> str:
               "claim of the model, not a measurement.")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "results"))
-    args = parser.parse_args()
+def add_arguments(parser):
+    parser.add_argument("--out-dir", default="results", help="where planner.md and planner.json go")
+
+
+def run(args) -> int:
     t4 = load_profile("t4")
     rows, records = [], []
     for name, precision, measured, kw in PAPER:
@@ -118,7 +117,7 @@ def main() -> int:
     stamp = time.strftime("%Y-%m-%d")
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, "planner.json"), "w") as f:
-        json.dump({"command": "python scripts/planner_table.py", "date": stamp, "commit": commit,
+        json.dump({"command": "flexgen-eval planner-table", "date": stamp, "commit": commit,
                    "machine": platform.node(), "hardware_profile": t4.to_dict(), "budget": BUDGET,
                    "prompt_len": PROMPT, "gen_len": GEN, "rows": records}, f, indent=2)
         f.write("\n")
@@ -131,11 +130,11 @@ def main() -> int:
         opt30_gpu=format_size(opt30["paper_policy_estimate"]["peak_memory_bytes"]["gpu"]),
         versus=versus(main_rows), plans="\n\n".join(r["plan_text"] for r in main_rows))
     measured = os.path.join(args.out_dir, "planner_cpu.md")
-    if os.path.exists(measured):  # the measured check on this CPU (scripts/validate_planner.py)
+    if os.path.exists(measured):  # the measured check on this CPU (flexgen-eval check-planner)
         with open(measured) as f:
             body = f.read().split("\n", 1)[1]
         text += ("\n## Measured on this CPU: cost model and planner vs real runs\n\nFrom `planner_cpu.md` "
-                 "(`planner_cpu.json` beside it), written by `scripts/validate_planner.py`:\n"
+                 "(`planner_cpu.json` beside it), written by `flexgen-eval check-planner`:\n"
                  + body.replace("\n## ", "\n### "))
     with open(os.path.join(args.out_dir, "planner.md"), "w") as f:
         f.write(text)
@@ -145,7 +144,7 @@ def main() -> int:
 
 TEMPLATE = """# Planner vs the paper's hand-tuned policies (T4, prompt 512, gen 32)
 
-Command: `.venv/bin/python scripts/planner_table.py` (writes this file and `planner.json`);
+Command: `flexgen-eval planner-table` (writes this file and `planner.json`);
 {date}, run on top of commit {commit}. Pure cost-model arithmetic with the `t4` hardware preset: nothing was run
 on a GPU. Budget: 16 GiB GPU, 200 GiB CPU, 1.5 TB disk, 10% safety margin (the planner keeps each
 tier under 90% of its budget). `flexgen-eval plan --model opt-30b --prompt-len 512 --gen-len 32
@@ -198,6 +197,3 @@ harness; they will be added to this file when it lands.
 {t4}
 ```
 """
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Check the cost model and the planner against measured runs on this machine (issue #5).
+"""`flexgen-eval check-planner`: the cost model and the planner against measured runs on this machine.
 
 For each model, a grid of placement policies (weights, cache and activations on the device / CPU /
 disk tiers, several block shapes, overlap off) is run with `LLM.generate` on random prompts of the
@@ -7,7 +7,7 @@ set beside the cost model's prediction from a hardware profile measured at the s
 planner picks a policy for a memory budget and that policy is measured too, against the best
 measured grid policy that fits the same budget.
 
-    .venv/bin/python scripts/validate_planner.py [--models smollm2-135m,opt-125m] [--prompt-len 128]
+    flexgen-eval check-planner [--models smollm2-135m,opt-125m] [--prompt-len 128]
         [--gen-len 8] [--repeat 2] [--profile FILE] [--out results/planner_cpu]
 
 Writes OUT.md and OUT.json. Time per step is measured as: prefill = a generate() of 1 new token,
@@ -15,7 +15,6 @@ decode = a generate() of gen_len tokens minus that; the median over --repeat run
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -26,8 +25,6 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 def grid():
     """(name, Policy kwargs): 12 placements and block shapes for a RAM budget that holds about a
@@ -79,8 +76,7 @@ def policy_fits(est, budget: dict, margin: float) -> bool:
     return all(est.peak_memory[t] <= budget[t] * (1 - margin) for t in budget)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(ap):
     ap.add_argument("--models", default="smollm2-135m,opt-125m")
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--gen-len", type=int, default=8)
@@ -89,14 +85,16 @@ def main(argv=None):
     ap.add_argument("--ram", type=float, default=1.0,
                     help="RAM budget as a fraction of the weights' bytes (default 1.0); on a CPU it is all "
                          "offered as the compute tier, the rest of the weights go to disk")
-    ap.add_argument("--out", default=os.path.join(REPO, "results", "planner_cpu"))
+    ap.add_argument("--out", default=os.path.join("results", "planner_cpu"))
     ap.add_argument("--render-from", default=None, metavar="JSON", help="only rewrite OUT.md from a run's JSON")
-    args = ap.parse_args(argv)
+
+
+def run(args) -> int:
     if args.render_from:
         with open(args.render_from) as f:
             write(json.load(f), args.out)
         print(open(args.out + ".md").read())
-        return
+        return 0
 
     import torch
 
@@ -118,8 +116,7 @@ def main(argv=None):
     else:
         print("measuring the hardware profile ...", flush=True)
         profile = measure_profile(offload, "cpu")
-    report = {"command": " ".join(shlex.quote(a) for a in [".venv/bin/python", "scripts/validate_planner.py"]
-                                  + (sys.argv[1:] if argv is None else list(argv))),
+    report = {"command": " ".join(shlex.quote(a) for a in ["flexgen-eval", *sys.argv[1:]]),
               "date": started.strftime("%Y-%m-%d %H:%M UTC"), "load_avg_start": load_start,
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
                          f"torch {torch.__version__} ({torch.get_num_threads()} threads)",
@@ -239,6 +236,3 @@ def write(report: dict, out: str):
     with open(out + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
 
-
-if __name__ == "__main__":
-    main()

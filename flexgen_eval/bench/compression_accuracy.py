@@ -1,4 +1,5 @@
-"""Accuracy of weight / KV-cache compression on the real model (issue 4, the paper's Table 6 layout).
+"""`flexgen-eval compression-accuracy`: accuracy of weight / KV-cache compression on the real model
+(the paper's Table 6 layout).
 
 SmolLM2-135M-Instruct, fp32, on the CPU or one GPU (`--device`), with real data from $FLEXGEN_DATA_DIR:
 
@@ -16,12 +17,11 @@ docs (file order) and the next --round-windows WikiText windows (a seeded random
 so a partial run is a uniform sample of the file). results/compression.{md,json} are rewritten after
 every (round, config), so an interrupted run leaves every config measured on the same documents.
 
-    FLEXGEN_DATA_DIR=/work/shared/data .venv/bin/python scripts/compression_accuracy.py            # full
-    FLEXGEN_DATA_DIR=/work/shared/data .venv/bin/python scripts/compression_accuracy.py --limit 200 --wiki-windows 8
+    FLEXGEN_DATA_DIR=../shared/data flexgen-eval compression-accuracy            # full
+    FLEXGEN_DATA_DIR=../shared/data flexgen-eval compression-accuracy --limit 200 --wiki-windows 8
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import math
@@ -31,9 +31,6 @@ import random
 import shlex
 import sys
 import time
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 # name -> (compress_weight, compress_cache, bits, attn_sparsity), in the paper's Table 6 layout
 CONFIGS = {
@@ -58,13 +55,13 @@ TARGET_PPL_INCREASE = 10.0  # percent
 def data_dir() -> str:
     path = os.environ.get("FLEXGEN_DATA_DIR")
     if not path:
-        sys.exit("error: FLEXGEN_DATA_DIR is not set; point it at the offline benchmark data "
-                 "(e.g. FLEXGEN_DATA_DIR=/work/shared/data)")
+        raise ValueError("FLEXGEN_DATA_DIR is not set; point it at the offline benchmark data "
+                         "(e.g. FLEXGEN_DATA_DIR=../shared/data)")
     if not os.path.isdir(path):
-        sys.exit(f"error: FLEXGEN_DATA_DIR={path!r} is not a directory")
+        raise ValueError(f"FLEXGEN_DATA_DIR={path!r} is not a directory")
     for rel in ("lambada/lambada_test.jsonl", "wikitext2/wiki.test.raw"):
         if not os.path.isfile(os.path.join(path, rel)):
-            sys.exit(f"error: {rel} not found under FLEXGEN_DATA_DIR={path!r}")
+            raise ValueError(f"{rel} not found under FLEXGEN_DATA_DIR={path!r}")
     return path
 
 
@@ -419,9 +416,7 @@ def machine(device: str = "cpu") -> str:
             f"load average at start {load:.1f} (shared with other jobs)")
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p):
     p.add_argument("--configs", default=",".join(CONFIGS),
                    help=f"comma-separated subset of: {', '.join(CONFIGS)} (fp32 is always added)")
     p.add_argument("--limit", type=int, default=None, help="only the first N LAMBADA docs (default: all 5153)")
@@ -437,12 +432,11 @@ def parse_args(argv=None):
                    help="UTC time HH:MM: start no round expected to end after it (the last finished round stays)")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--device", default="cpu", help="compute device: cpu (default) or cuda (fp32, TF32 off)")
-    p.add_argument("--md", default=os.path.join(REPO, "results", "compression.md"))
-    p.add_argument("--json", default=os.path.join(REPO, "results", "compression.json"))
+    p.add_argument("--md", default=os.path.join("results", "compression.md"))
+    p.add_argument("--json", default=os.path.join("results", "compression.json"))
     p.add_argument("--render-from", default=None, metavar="JSON",
                    help="measure nothing: rewrite --md/--json from an earlier run's JSON (adds the weight "
                         "reconstruction-error section when it is missing)")
-    return p.parse_args(argv)
 
 
 def deadline_ts(text: str | None) -> float | None:
@@ -473,14 +467,14 @@ def rerender(args):
     print(open(args.md).read())
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def run(args) -> int:
     if args.render_from:
-        return rerender(args)
+        rerender(args)
+        return 0
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
-        sys.exit(f"error: unknown config(s) {unknown}; choose from {list(CONFIGS)}")
+        raise ValueError(f"unknown config(s) {unknown}; choose from {list(CONFIGS)}")
     if "fp32" not in names:
         names.insert(0, "fp32")
     names = [n for n in CONFIGS if n in names]  # table order
@@ -506,10 +500,7 @@ def main(argv=None):
         order = order[:args.wiki_windows]
 
     started = datetime.datetime.now(datetime.timezone.utc)
-    cmd = "FLEXGEN_DATA_DIR=" + shlex.quote(path) + " " + " ".join(
-        shlex.quote(x) for x in [os.path.relpath(sys.executable, REPO) if sys.executable.startswith(REPO)
-                                 else sys.executable, os.path.relpath(os.path.abspath(__file__), REPO)]
-        + (sys.argv[1:] if argv is None else list(argv)))
+    cmd = f"FLEXGEN_DATA_DIR={shlex.quote(path)} " + " ".join(shlex.quote(x) for x in ["flexgen-eval", *sys.argv[1:]])
     state = {
         "t0": time.perf_counter(),
         "meta": {"command": cmd, "machine": machine(args.device), "started_utc": started.strftime("%Y-%m-%d %H:%M:%S"),
@@ -570,7 +561,4 @@ def main(argv=None):
     for llm in llms.values():
         llm.close()
     print(open(args.md).read())
-
-
-if __name__ == "__main__":
-    main()
+    return 0
