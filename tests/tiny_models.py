@@ -53,7 +53,9 @@ def tiny_opt(out_dir: str, seed: int = 0, tokenizer: bool = True, **overrides) -
     return _save(model, out_dir, tokenizer)
 
 
-def tiny_llama(out_dir: str, seed: int = 0, tokenizer: bool = True, model_type: str = "llama", **overrides) -> str:
+def tiny_llama(out_dir: str, seed: int = 0, tokenizer: bool = True, model_type: str = "llama", norms: bool = False,
+               **overrides) -> str:
+    """norms: draw the norm weights too (around 1), so a norm applied with the wrong weight changes the outputs."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(seed)
@@ -63,11 +65,11 @@ def tiny_llama(out_dir: str, seed: int = 0, tokenizer: bool = True, model_type: 
     cfg.update(overrides)
     config = AutoConfig.for_model(model_type, **cfg)
     model = AutoModelForCausalLM.from_config(config).eval()
-    _scale_up(model)
+    _scale_up(model, norms)
     return _save(model, out_dir, tokenizer)
 
 
-def _scale_up(model):
+def _scale_up(model, norms: bool = False):
     """Random init at std 0.02 gives nearly uniform next-token distributions, where greedy
     ties are likely; a larger spread makes argmax comparisons meaningful."""
     with torch.no_grad():
@@ -76,3 +78,5 @@ def _scale_up(model):
                 p.normal_(0.0, 0.15)
             elif "bias" in name:
                 p.normal_(0.0, 0.05)
+            elif norms and name.endswith("norm.weight"):
+                p.normal_(1.0, 0.1)

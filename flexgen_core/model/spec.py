@@ -104,6 +104,11 @@ def _llama(hidden, layers, heads, kv_heads, ffn, vocab=32000, max_pos=4096, thet
     return cfg
 
 
+def _family(model_type: str, architecture: str, base: dict, **fields) -> dict:
+    """A Llama-style config of another family (its own model_type and architecture)."""
+    return {**base, "model_type": model_type, "architectures": [architecture], **fields}
+
+
 _LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                 "original_max_position_embeddings": 8192}
 
@@ -137,6 +142,18 @@ BUILTIN_CONFIGS: dict[str, dict] = {
                              rope_scaling=_LLAMA3_ROPE, bos=128000, eos=128001),
     "mistral-7b-v0.1": {**_llama(4096, 32, 32, 8, 14336, max_pos=32768), "model_type": "mistral",
                         "architectures": ["MistralForCausalLM"], "sliding_window": 4096},
+    # Qwen3 dense (Qwen/Qwen3-14B, Qwen3-32B config.json): q/k norm, head_dim 128
+    "qwen3-14b": _family("qwen3", "Qwen3ForCausalLM", _llama(5120, 40, 40, 8, 17408, vocab=151936, max_pos=40960,
+                                                              theta=1000000.0, eps=1e-6, bos=151643, eos=151645),
+                         head_dim=128, attention_bias=False),
+    "qwen3-32b": _family("qwen3", "Qwen3ForCausalLM", _llama(5120, 64, 64, 8, 25600, vocab=151936, max_pos=40960,
+                                                              theta=1000000.0, eps=1e-6, bos=151643, eos=151645),
+                         head_dim=128, attention_bias=False),
+    # OLMo 2 (allenai/OLMo-2-1124-13B, OLMo-2-0325-32B): norms after the branches, q/k norm over the projection
+    "olmo-2-13b": _family("olmo2", "Olmo2ForCausalLM", _llama(5120, 40, 40, 40, 13824, vocab=100352, max_pos=4096,
+                                                               theta=500000.0, eps=1e-6, bos=100257, eos=100257)),
+    "olmo-2-32b": _family("olmo2", "Olmo2ForCausalLM", _llama(5120, 64, 40, 8, 27648, vocab=100352, max_pos=4096,
+                                                               theta=500000.0, eps=1e-6, bos=100257, eos=100257)),
     "smollm2-135m": _llama(576, 30, 9, 3, 1536, vocab=49152, max_pos=8192, theta=100000.0, tie=True,
                            bos=1, eos=2),
     "smollm2-135m-instruct": _llama(576, 30, 9, 3, 1536, vocab=49152, max_pos=8192, theta=100000.0,

@@ -44,7 +44,29 @@ def _rope_config(config: dict) -> tuple[float, dict]:
     return float(theta), merged
 
 
-def spec_from_config(config: dict, name: str = "") -> ModelSpec:
+def _sliding_window(config: dict, num_layers: int) -> int | None:
+    """The window every layer attends within, or None. Qwen2/3 slide only with use_sliding_window, and
+    then only the layers `layer_types` (or, in older configs, i >= max_window_layers) names; the
+    runtime keeps one window for all layers, so a mix is refused rather than computed wrongly."""
+    window = config.get("sliding_window")
+    if window is None or ("use_sliding_window" in config and not config["use_sliding_window"]):
+        return None
+    types = config.get("layer_types")
+    if types is None and "max_window_layers" in config:
+        types = ["sliding_attention" if i >= config["max_window_layers"] else "full_attention"
+                 for i in range(num_layers)]
+    kinds = set(types or ["sliding_attention"])
+    if kinds == {"full_attention"}:
+        return None
+    if kinds != {"sliding_attention"}:
+        raise ValueError(f"layer_types mixes {sorted(kinds)}: sliding-window and global layers in one model are "
+                         "not supported yet (set use_sliding_window false to attend globally, as the checkpoint's "
+                         "full-attention layers do)")
+    return int(window)
+
+
+def spec_from_config(config: dict, name: str = "", family: str = "llama") -> ModelSpec:
+    """A Llama-style config; `family` names the module (in model/families) whose layers compute it."""
     model_type = config.get("model_type", "llama")
     act = config.get("hidden_act", "silu")
     if act not in _ACTIVATIONS:
@@ -53,11 +75,10 @@ def spec_from_config(config: dict, name: str = "") -> ModelSpec:
     heads = config["num_attention_heads"]
     eos = config.get("eos_token_id")
     eos = () if eos is None else tuple(eos) if isinstance(eos, list) else (eos,)
-    window = config.get("sliding_window")
-    if model_type == "qwen2" and not config.get("use_sliding_window", False):
-        window = None
+    if model_type == "qwen2":
+        config = {"use_sliding_window": False, **config}
     return ModelSpec(
-        family="llama",
+        family=family,
         vocab_size=config["vocab_size"],
         hidden_size=config["hidden_size"],
         num_layers=config["num_hidden_layers"],
@@ -68,7 +89,7 @@ def spec_from_config(config: dict, name: str = "") -> ModelSpec:
         tie_embeddings=config.get("tie_word_embeddings", False),
         hidden_act=act,
         head_dim_override=config.get("head_dim"),
-        sliding_window=window,
+        sliding_window=_sliding_window(config, config["num_hidden_layers"]),
         bos_token_id=config.get("bos_token_id"),
         eos_token_ids=eos,
         pad_token_id=config.get("pad_token_id"),
@@ -86,9 +107,10 @@ def widths(spec: ModelSpec) -> Widths:
     return Widths(kv=spec.num_kv_heads * spec.head_dim, mlp=3 * spec.ffn_size)
 
 
-def build_layers(spec: ModelSpec) -> list:
-    rope = Rotary(spec)
-    return [Embedding(spec)] + [DecoderLayer(spec, i, rope) for i in range(spec.num_layers)] + [Head(spec)]
+def build_layers(spec: ModelSpec, decoder=None) -> list:
+    """Embedding, decoders and head; a family that extends this one passes its decoder class."""
+    rope, decoder = Rotary(spec), decoder or DecoderLayer
+    return [Embedding(spec)] + [decoder(spec, i, rope) for i in range(spec.num_layers)] + [Head(spec)]
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -160,7 +182,16 @@ class Embedding:
 
 
 class DecoderLayer:
+    """Attention and a gated MLP, each a residual branch. Families that extend Llama say where their
+    RMSNorms sit and whether q and k are normalised; the maths is this one class."""
+
     kind = "decoder"
+    # the RMSNorm (its checkpoint name) before and after each branch; None: no norm there
+    NORMS = {"pre_attention": "input_layernorm", "post_attention": None,
+             "pre_mlp": "post_attention_layernorm", "post_mlp": None}
+    # RMSNorm of q and k before rotary: None, "head" (over each head: Qwen3) or "projection" (over
+    # the whole projection: OLMo 2)
+    QK_NORM = None
 
     def __init__(self, spec: ModelSpec, index: int, rope: Rotary):
         self.spec, self.index, self.rope = spec, index, rope
@@ -172,46 +203,70 @@ class DecoderLayer:
         s, p = self.spec, self.p
         h, d = s.hidden_size, s.head_dim
         q, kv = s.num_heads * d, s.num_kv_heads * d
-        specs = [WeightSpec(p + "input_layernorm.weight", (h,), "ones")]
+        norm = lambda where: [WeightSpec(f"{p}{self.NORMS[where]}.weight", (h,), "ones")] if self.NORMS[where] else []  # noqa: E731
+        specs = norm("pre_attention")
         for proj, out in (("q_proj", q), ("k_proj", kv), ("v_proj", kv)):
             specs.append(WeightSpec(f"{p}self_attn.{proj}.weight", (out, h)))
             if s.arch.attention_bias:
                 specs.append(WeightSpec(f"{p}self_attn.{proj}.bias", (out,), "zeros"))
+        if self.QK_NORM:
+            width = {"head": (d, d), "projection": (q, kv)}[self.QK_NORM]
+            specs += [WeightSpec(f"{p}self_attn.{n}_norm.weight", (size,), "ones") for n, size in zip("qk", width)]
         specs.append(WeightSpec(p + "self_attn.o_proj.weight", (h, q)))
-        specs.append(WeightSpec(p + "post_attention_layernorm.weight", (h,), "ones"))
+        specs += norm("post_attention") + norm("pre_mlp")
         for proj, shape in (("gate_proj", (s.ffn_size, h)), ("up_proj", (s.ffn_size, h)), ("down_proj", (h, s.ffn_size))):
             specs.append(WeightSpec(f"{p}mlp.{proj}.weight", shape))
             if s.arch.mlp_bias:
                 specs.append(WeightSpec(f"{p}mlp.{proj}.bias", (shape[0],), "zeros"))
-        return specs
+        return specs + norm("post_mlp")
 
     def _linear(self, x, w, name):
         return F.linear(x, w[f"{self.p}{name}.weight"], w.get(f"{self.p}{name}.bias"))
 
+    def _norm(self, x, w, where):
+        name = self.NORMS[where]
+        return x if name is None else rms_norm(x, w[f"{self.p}{name}.weight"], self.spec.arch.rms_norm_eps)
+
     def forward(self, h, w, ctx):
-        h = self._attention(h, w, ctx)  # returning frees its queries, keys and values before the MLP
-        return self._mlp(h, w)
+        h = h + self._attention(h, w, ctx)  # returning frees its queries, keys and values before the MLP
+        return h + self._mlp(h, w)
 
     def _attention(self, h, w, ctx):
         s = self.spec
         b, n, _ = h.shape
-        x = rms_norm(h, w[self.p + "input_layernorm.weight"], s.arch.rms_norm_eps)
-        q = self._linear(x, w, "self_attn.q_proj").view(b, n, s.num_heads, s.head_dim).transpose(1, 2)
-        k = self._linear(x, w, "self_attn.k_proj").view(b, n, s.num_kv_heads, s.head_dim).transpose(1, 2)
+        x = self._norm(h, w, "pre_attention")
+        q, k = self._qk_norm(self._linear(x, w, "self_attn.q_proj"), self._linear(x, w, "self_attn.k_proj"), w)
+        q = q.view(b, n, s.num_heads, s.head_dim).transpose(1, 2)
+        k = k.view(b, n, s.num_kv_heads, s.head_dim).transpose(1, 2)
         v = self._linear(x, w, "self_attn.v_proj").view(b, n, s.num_kv_heads, s.head_dim).transpose(1, 2)
+        del x
         cos, sin = self.rope.cos_sin(ctx.positions, q.dtype)
         q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
         attn = ctx.attend(q, k, v).transpose(1, 2).reshape(b, n, s.num_heads * s.head_dim)
-        return h + self._linear(attn, w, "self_attn.o_proj")
+        return self._norm(self._linear(attn, w, "self_attn.o_proj"), w, "post_attention")
+
+    def _qk_norm(self, q, k, w):
+        """q, k as projected ([b, n, heads x head_dim]), normalised as QK_NORM says."""
+        if self.QK_NORM is None:
+            return q, k
+        eps, out = self.spec.arch.rms_norm_eps, []
+        for x, name in ((q, "q_norm"), (k, "k_norm")):
+            weight = w[f"{self.p}self_attn.{name}.weight"]
+            if self.QK_NORM == "head":  # over each head's dimensions
+                x = rms_norm(x.unflatten(-1, (-1, self.spec.head_dim)), weight, eps).flatten(-2)
+            else:
+                x = rms_norm(x, weight, eps)
+            out.append(x)
+        return tuple(out)
 
     def _mlp(self, h, w):
-        x = rms_norm(h, w[self.p + "post_attention_layernorm.weight"], self.spec.arch.rms_norm_eps)
+        x = self._norm(h, w, "pre_mlp")
         gated = self.act(self._linear(x, w, "mlp.gate_proj"))
         up = self._linear(x, w, "mlp.up_proj")
         del x
         gated.mul_(up)  # the product in place: two MLP-wide tensors at most, then one
         del up
-        return h + self._linear(gated, w, "mlp.down_proj")
+        return self._norm(self._linear(gated, w, "mlp.down_proj"), w, "post_mlp")
 
 
 class Head:
