@@ -128,8 +128,7 @@ class FlexGenLM(TemplateLM):
         self._max_gen_toks = int(max_gen_toks)
         if llm.budgets is not None:
             log.info("flexgen %s", llm.budgets.describe())
-        log.info("flexgen %s: %s", "planned" if llm.replan else "policy", llm.policy.describe()
-                 + ("; each bucket of request lengths is planned again" if llm.replan else ""))
+        log.info("flexgen %s", llm.describe_placement())
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):

@@ -55,7 +55,10 @@ def test_scoring_shares_block_prefixes(model, name, request, tmp_path, prefix_pa
 
 
 def test_blocks_keep_alike_rows_together(tiny_llama_dir, tmp_path):
-    from flexgen_core.runtime.prefix_sharing import alike_order
+    from flexgen_core.runtime.prefix_sharing import prefix_blocks
+
+    def alike_order(rows, min_shared, block, lengths=None):  # the blocks' rows, in order
+        return [i for blk in prefix_blocks(rows, min_shared, lambda _: block, lengths) for i in blk]
 
     a, b = list(range(100, 120)), list(range(200, 220))
     rows = [a + [1], b + [1, 2, 3], a + [1, 2], [7] * 30, b + [4], a + [5, 6, 7, 8]]

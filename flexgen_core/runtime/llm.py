@@ -13,6 +13,8 @@ from ..memory.weight_store import WeightSource, WeightStore
 from ..model.families import family_of
 from ..model.layers import storage_plan
 from ..model.spec import BUILTIN_CONFIGS, ModelSpec
+from ..planning.machine import default_hardware, resolve_budgets
+from ..planning.planner import InfeasibleBudget, plan_policy
 from ..planning.policy import Policy
 from .completion import Completion, OnBlock
 from .jobs import GenerationJob, ScoringJob
@@ -138,8 +140,6 @@ class LLM:
         to a multiple of PROMPT_BUCKET), keeping the weights where they were loaded."""
         if self.replan is None:
             return self.policy
-        from ..planning.planner import InfeasibleBudget, plan_policy
-
         bucket = max(prompt_len, min(-(-prompt_len // PROMPT_BUCKET) * PROMPT_BUCKET,
                                      self.spec.max_seq_len - new_tokens))
         for length in dict.fromkeys((bucket, prompt_len)):  # the exact length when the bucket's does not fit
@@ -156,6 +156,12 @@ class LLM:
                     self._unplannable.add(key)
                     continue
             return self.bucket_plans[key].policy
+
+    def describe_placement(self) -> str:
+        """The policy at load, and whether it was planned (then every bucket of lengths is planned again)."""
+        if self.replan is None:
+            return f"policy: {self.policy.describe()}"
+        return f"planned: {self.policy.describe()}; each bucket of request lengths is planned again"
 
     def close(self):
         """Stop the I/O threads, free the weights (device memory too, even while a caller still
@@ -407,9 +413,6 @@ class LLM:
 def _plan_at_load(spec, device, dtype, offload_dir, memory, hardware, workload, compress_weight, compress_cache,
                   max_block_size):
     """(budgets, planner arguments for later buckets, the plan that places the weights)."""
-    from ..planning.machine import default_hardware, resolve_budgets
-    from ..planning.planner import InfeasibleBudget, plan_policy
-
     budgets = resolve_budgets(memory, device, offload_dir)
     replan = dict(memory=budgets.bytes, hardware=hardware or default_hardware(device, offload_dir),
                   dtype_bytes=torch.empty((), dtype=dtype).element_size(), compress_weight=compress_weight,

@@ -103,9 +103,3 @@ def prefix_blocks(rows: list[list[int]], min_shared: int | None, block_size, len
         whole.append(rest[i:i + n])
         i += n
     return whole
-
-
-def alike_order(rows: list[list[int]], min_shared: int | None, block: int, lengths: list[int] | None = None
-                ) -> list[int]:
-    """prefix_blocks' order for callers that send rows in chunks of `block` (lm-eval)."""
-    return [i for b in prefix_blocks(rows, min_shared, lambda _: block, lengths) for i in b]

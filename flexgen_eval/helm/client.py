@@ -62,9 +62,7 @@ class FlexGenClient(CachingClient):
         self._prefetched_lock = threading.Lock()
         if llm.budgets is not None:
             hlog(f"flexgen: {llm.budgets.describe()}")
-        planned = "planned: " if llm.replan else ""
-        again = "; each bucket of request lengths is planned again" if llm.replan else ""
-        hlog(f"flexgen: {model} ({planned}{llm.policy.describe()}{again}; {self.identity['dtype']}, {llm.device}) "
+        hlog(f"flexgen: {model} ({llm.describe_placement()}; {self.identity['dtype']}, {llm.device}) "
              f"ready in {load_s:.2f}s")
 
     # -- one request (HELM's executor, any thread) -----------------------------------------

@@ -21,12 +21,12 @@ def run_calls(shared, calls: list[Call], log=hlog, on_done=None) -> list[dict]:
     eos = set(llm.spec.eos_token_ids) | {llm.tokenizer.eos_token_id}
 
     def parts_done(indices):
-        nonlocal last
-        ready = []
         for i in indices:
             parts[i] -= 1
-            if parts[i] == 0:
-                ready.append(i)
+        finish([i for i in indices if parts[i] == 0])
+
+    def finish(ready):
+        nonlocal last
         now = time.time()
         with shared.tokenizer_lock:
             for i in ready:
@@ -41,10 +41,7 @@ def run_calls(shared, calls: list[Call], log=hlog, on_done=None) -> list[dict]:
                 on_done([(i, responses[i]) for i in ready])
 
     with shared.lock:
-        nothing = [i for i, n in parts.items() if n == 0]
-        if nothing:  # max_tokens 0 without echo: the response is empty
-            parts.update({i: 1 for i in nothing})
-            parts_done(nothing)
+        finish([i for i, n in parts.items() if n == 0])  # max_tokens 0 without echo: an empty response
         echo = [i for i, c in enumerate(calls) if c.echo]
         if echo:
             def echoed(results):
