@@ -117,6 +117,26 @@ def test_cache_memory_grows_with_the_block():
     assert large - small == pytest.approx(3 * per_batch, rel=0.01)
 
 
+def test_sliding_layers_count_only_their_window_of_cache():
+    """Half the layers slide within 128 positions: a 2048-token prompt's cache on the CPU costs the
+    global layers' full length and the sliding layers' window; a prompt within the window costs all."""
+    from dataclasses import replace
+
+    base = ModelSpec.from_name("llama-2-7b-hf")
+    sliding = replace(base, sliding_window=128, sliding_layers=tuple(range(0, 32, 2)))
+    policy = offloaded((100, 0, 0), num_gpu_batches=1)
+
+    def cpu_cache(spec, prompt):
+        return estimate(spec, policy, prompt, 32, T4).peak_memory["cpu"]
+
+    per_position = 2 * 16 * 4096 * 2  # K and V of 16 sequences, one layer, fp16
+    assert cpu_cache(base, 2048) - cpu_cache(sliding, 2048) == pytest.approx(16 * (2048 + 32 - 128) * per_position)
+    assert cpu_cache(base, 64) == cpu_cache(sliding, 64)
+    # and less of it crosses the link each decode step
+    assert estimate(sliding, policy, 2048, 32, T4).busy["decode"]["h2d"] < \
+        estimate(base, policy, 2048, 32, T4).busy["decode"]["h2d"]
+
+
 def test_more_gpu_batches_amortise_streamed_weights():
     speeds = [estimate(OPT30, offloaded((0, 100, 0), num_gpu_batches=k, gpu_batch_size=8), 512, 32, T4).throughput
               for k in (1, 2, 4)]

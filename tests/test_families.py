@@ -23,6 +23,9 @@ FAMILIES = {
     "qwen3-tied": dict(model_type="qwen3", tie_word_embeddings=True, num_key_value_heads=1),
     # every layer within a window shorter than the long prompts
     "qwen3-sliding": dict(model_type="qwen3", use_sliding_window=True, sliding_window=8, max_window_layers=0),
+    # sliding and global layers in one model, each sized and masked by its own kind
+    "qwen3-mixed-sliding": dict(model_type="qwen3", use_sliding_window=True, sliding_window=8,
+                                layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
     "olmo2": dict(model_type="olmo2"),
 }
 
@@ -69,13 +72,16 @@ def test_family_sizes_come_from_their_layers():
         assert model_sizes(spec).layers["decoder"].stored == matrices + qk_norm + norms
 
 
-def test_a_mix_of_sliding_and_global_layers_is_refused_naming_the_field():
+def test_sliding_layers_follow_layer_types():
     cfg = {"model_type": "qwen3", "vocab_size": 1000, "hidden_size": 64, "num_hidden_layers": 4,
            "num_attention_heads": 4, "intermediate_size": 128, "use_sliding_window": True, "sliding_window": 16,
            "layer_types": ["full_attention", "full_attention", "sliding_attention", "sliding_attention"]}
-    with pytest.raises(ValueError, match="layer_types mixes"):
-        ModelSpec.from_hf_config(cfg)
-    assert ModelSpec.from_hf_config({**cfg, "use_sliding_window": False}).sliding_window is None
+    assert ModelSpec.from_hf_config(cfg).windows() == [None, None, 16, 16]
+    assert ModelSpec.from_hf_config({**cfg, "use_sliding_window": False}).windows() == [None] * 4
+    old_style = {k: v for k, v in cfg.items() if k != "layer_types"}
+    assert ModelSpec.from_hf_config({**old_style, "max_window_layers": 1}).windows() == [None, 16, 16, 16]
+    with pytest.raises(ValueError, match="layer_types must name"):
+        ModelSpec.from_hf_config({**cfg, "layer_types": ["full_attention", "chunked_attention"] * 2})
 
 
 def test_an_unsupported_architecture_lists_the_supported_ones():
@@ -106,3 +112,60 @@ def test_lm_eval_per_sample_loglikelihoods_match_hf_for_every_family(tmp_path):
             lm.llm.close()
         assert [g for _, g in got] == [g for _, g in want], name
         assert [lp for lp, _ in got] == pytest.approx([lp for lp, _ in want], abs=1e-4), name
+
+
+def test_a_sliding_layer_keeps_only_its_window(tmp_path, monkeypatch):
+    """The cache of a sliding layer is a ring of its window on every tier; a global layer keeps every
+    position. Outputs stay HF's (the parity tests above, with prompts longer than the window)."""
+    from flexgen_core.memory import kv_cache
+
+    caches = []  # per block: (layer, batch) -> its K and V buffers' shapes
+    original = kv_cache.BlockCache.__init__
+
+    def recording(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        caches.append({key: [buf.shape for buf in pair] for key, pair in self.entries.items()})
+
+    monkeypatch.setattr(kv_cache.BlockCache, "__init__", recording)
+    path = tiny_models.tiny_llama(str(tmp_path / "m"), seed=7, **FAMILIES["qwen3-mixed-sliding"])
+    policy = Policy(weights=MIX, cache=MIX, activations=MIX, gpu_batch_size=2, num_gpu_batches=2)
+    with LLM.from_pretrained(path, policy=policy, offload_dir=str(tmp_path / "off")) as llm:
+        llm.generate([PROMPTS[3], PROMPTS[0]], SamplingParams(max_new_tokens=NEW, ignore_eos=True))
+    (cache,) = caches
+    positions = {j: {shape[1] for (layer, _), shapes in cache.items() if layer == j for shape in shapes}
+                 for j in range(3)}
+    longest = max(len(PROMPTS[3]), len(PROMPTS[0])) + NEW - 1
+    assert positions == {0: {8}, 1: {longest}, 2: {8}}
+
+
+
+@pytest.mark.parametrize("sparsity", [1.0, 0.4], ids=["dense", "sparse"])
+def test_sliding_rings_give_the_same_outputs_packed_and_on_every_tier(tmp_path, sparsity):
+    """4-bit caches and top-k attention over rings: whatever tier a ring's rows live on and wherever
+    they are attended, the same outputs as on the device."""
+    path = tiny_models.tiny_llama(str(tmp_path / "m"), seed=7, norms=True, **FAMILIES["qwen3-mixed-sliding"])
+    packed = dict(compress_cache=True, attn_sparsity=sparsity, gpu_batch_size=8)
+    results = []
+    for policy in (Policy(**packed), Policy(weights=MIX, cache=(0, 0, 100), **packed),
+                   Policy(weights=MIX, cache=MIX, activations=MIX, cpu_attention=0.5, **packed)):
+        with LLM.from_pretrained(path, policy=policy, offload_dir=str(tmp_path / "off")) as llm:
+            results.append(llm.generate(PROMPTS, SamplingParams(max_new_tokens=NEW, ignore_eos=True)))
+    for other in results[1:]:
+        for want, got in zip(results[0], other):
+            assert got.outputs[0].token_ids == want.outputs[0].token_ids
+            assert got.outputs[0].logprobs == pytest.approx(want.outputs[0].logprobs, abs=1e-5)
+
+
+def test_an_8_bit_ring_stays_within_rounding_of_fp32(tmp_path):
+    """A ring read back wrongly (a slot's column mistaken, a stale token kept) moves log-probs by whole
+    units; 8-bit codes move them by hundredths (0.028 at most measured) and keep every greedy token."""
+    path = tiny_models.tiny_llama(str(tmp_path / "m"), seed=7, norms=True, **FAMILIES["qwen3-mixed-sliding"])
+    outs = {}
+    for bits in (None, 8):
+        packed = dict(compress_cache=True, compression_bits=bits) if bits else {}
+        policy = Policy(weights=MIX, cache=(0, 50, 50), gpu_batch_size=8, **packed)
+        with LLM.from_pretrained(path, policy=policy, offload_dir=str(tmp_path / "off")) as llm:
+            outs[bits] = llm.generate(PROMPTS, SamplingParams(max_new_tokens=NEW, ignore_eos=True))
+    for want, got in zip(outs[None], outs[8]):
+        assert got.outputs[0].token_ids == want.outputs[0].token_ids
+        assert got.outputs[0].logprobs == pytest.approx(want.outputs[0].logprobs, abs=0.1)

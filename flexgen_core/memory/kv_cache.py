@@ -4,7 +4,9 @@ Rows are (sequence, kv head) pairs, so attention is independent per row and each
 tier's rows can be attended where they live (CPU attention) or brought to the
 compute device. With compression the cache holds group-quantized bytes on every
 tier and is expanded where it is attended. With sparse attention only the values
-at each query's top-scoring positions are read.
+at each query's top-scoring positions are read. A sliding-window layer keeps only its window: its
+buffers are a ring of `window` positions (cache column c at slot c mod window), so keys that no
+query attends to cost no memory and no I/O.
 """
 from __future__ import annotations
 
@@ -27,21 +29,25 @@ class Segment:
     values: torch.Tensor | None  # same, or None when values are gathered lazily (sparse attention)
     is_view: bool  # a view of the tier's storage: writing the new token writes the cache itself
     rows: slice  # this segment's rows within its part
+    slot: int  # where the token being decoded goes (its column, or that modulo a sliding layer's window)
 
 
 class BlockCache:
     def __init__(self, tiers: TierSet, num_layers: int, batch_shapes: list[tuple[int, int]], num_kv_heads: int,
                  head_dim: int, dtype: torch.dtype, percents, cpu_attention: float,
-                 quant: QuantConfig | None = None, sparsity: float = 1.0):
+                 quant: QuantConfig | None = None, sparsity: float = 1.0, windows: list | None = None):
         self.tiers, self.kv, self.cpu_attention = tiers, num_kv_heads, float(cpu_attention)
         self.dtype, self.head_dim, self.quant, self.sparsity = dtype, head_dim, quant, sparsity
         self.entries: dict[tuple[int, int], tuple[TieredRows, TieredRows]] = {}
+        self.slots: dict[tuple[int, int], int] = {}  # positions kept per (layer, batch)
         # every row on the compute device, uncompressed: loads are views of the cache itself
         self.resident = percents[0] >= 100 and quant is None
         width, store_dtype = (head_dim, dtype) if quant is None else (quant.packed_bytes(head_dim), torch.uint8)
         for j in range(num_layers):
+            window = windows[j] if windows else None
             for k, (b, max_len) in enumerate(batch_shapes):  # (sequences, cache positions) per GPU batch
-                shape = (b * num_kv_heads, max_len, width)
+                slots = self.slots[j, k] = max_len if window is None else min(max_len, window)
+                shape = (b * num_kv_heads, slots, width)
                 self.entries[j, k] = tuple(
                     TieredRows(tiers, shape, store_dtype, percents, f"{kind}{j}-{k}") for kind in "kv"
                 )
@@ -52,15 +58,27 @@ class BlockCache:
 
     # -- writes (of stored forms: see stored_and_seen) --------------------------------------
     def store_prefill(self, j: int, k: int, keys: torch.Tensor, values: torch.Tensor):
-        """keys, values [b, kv, s, width] for cache positions 0..s-1."""
-        s = keys.shape[2]
+        """keys, values [b, kv, s, width] for cache positions 0..s-1 (a window keeps the last of them)."""
+        s, slots = keys.shape[2], self.slots[j, k]
         for buf, new in zip(self.entries[j, k], (keys, values)):
-            buf.write(_rows(new), slice(0, s))
+            if s > slots:  # columns s - slots .. s - 1, each at its slot in the ring
+                new = torch.roll(new[:, :, s - slots:], s % slots, dims=2)
+            buf.write(_rows(new), slice(0, min(s, slots)))
 
     def store_token(self, j: int, k: int, part: int, rows: slice, keys_rows, values_rows, t: int):
         """Rows [r, width] of the token at position t (all rows of the batch), for a run of a part's rows."""
+        slot = t % self.slots[j, k]
         for buf, new in zip(self.entries[j, k], (keys_rows, values_rows)):
-            buf.write_part(part, new[:, None], slice(t, t + 1), rows)
+            buf.write_part(part, new[:, None], slice(slot, slot + 1), rows)
+
+    def slot_valid(self, j: int, k: int, key_valid: torch.Tensor, t: int) -> torch.Tensor:
+        """[b, t + 1] valid flags of cache columns -> the flags of what `load` gives back: the same
+        columns, or for a ring the column each slot holds once the token at t is in place."""
+        slots = self.slots[j, k]
+        if t < slots:
+            return key_valid
+        held = t - (t - torch.arange(slots, device=key_valid.device)) % slots
+        return key_valid[:, held]
 
     # -- reads -------------------------------------------------------------------------------
     def cpu_rows(self, tier: str, rows: int) -> int:
@@ -69,8 +87,11 @@ class BlockCache:
         return 0 if tier == "gpu" else round(rows * self.cpu_attention)
 
     def load(self, j: int, k: int, t: int) -> list[Segment]:
-        """Positions 0..t-1 of every part, each with an empty slot t for the token being decoded."""
+        """Positions 0..t-1 of every part (a window's last ones), each with an empty slot for the token
+        being decoded: slot t, or in a full ring the oldest one, which leaves the window now."""
         kbuf, vbuf = self.entries[j, k]
+        slots = self.slots[j, k]
+        span, slot = min(t + 1, slots), t % slots
         lazy_values = self.sparsity < 1.0
         segments = []
         for i, (tier, start, end, storage) in enumerate(kbuf.parts):
@@ -80,39 +101,40 @@ class BlockCache:
                     continue
                 rows = slice(lo, hi)
                 if self.quant is None and (tier == "gpu" or (tier == "cpu" and where == "cpu")):
-                    keys, values = storage[rows, :t + 1], vbuf.parts[i][3][rows, :t + 1]
-                    segments.append(Segment(i, start + lo, start + hi, tier, keys, values, True, rows))
+                    keys, values = storage[rows, :span], vbuf.parts[i][3][rows, :span]
+                    segments.append(Segment(i, start + lo, start + hi, tier, keys, values, True, rows, slot))
                     continue
-                keys = self._expanded(kbuf, i, rows, t, where)
-                values = None if lazy_values else self._expanded(vbuf, i, rows, t, where)
-                segments.append(Segment(i, start + lo, start + hi, tier, keys, values, False, rows))
+                keys = self._expanded(kbuf, i, rows, span, slot, where)
+                values = None if lazy_values else self._expanded(vbuf, i, rows, span, slot, where)
+                segments.append(Segment(i, start + lo, start + hi, tier, keys, values, False, rows, slot))
         return segments
 
-    def _expanded(self, buf: TieredRows, part: int, rows: slice, t: int, where: str) -> torch.Tensor:
-        """Positions 0..t of a run of rows, as a copy on `where`; slot t is for the new token."""
-        if self.quant is None:  # one read of t + 1 positions: slot t is overwritten, no second buffer
-            return buf.read_part(part, slice(0, t + 1), to=where, rows=rows)
+    def _expanded(self, buf: TieredRows, part: int, rows: slice, span: int, slot: int, where: str) -> torch.Tensor:
+        """Slots 0..span-1 of a run of rows, as a copy on `where`; `slot` is for the new token."""
+        if self.quant is None:  # one read of every slot: the new token's is overwritten, no second buffer
+            return buf.read_part(part, slice(0, span), to=where, rows=rows)
         dev = self.tiers.device if where == "gpu" else torch.device("cpu")
-        out = torch.empty((rows.stop - rows.start, t + 1, self.head_dim), dtype=self.dtype, device=dev)
-        dequantize(buf.read_part(part, slice(0, t), to=where, rows=rows), self.head_dim, self.quant, self.dtype,
-                   out=out[:, :t])
+        out = torch.empty((rows.stop - rows.start, span, self.head_dim), dtype=self.dtype, device=dev)
+        kept = slice(0, span - 1) if slot == span - 1 else slice(0, span)  # a new column, or a full ring
+        dequantize(buf.read_part(part, kept, to=where, rows=rows), self.head_dim, self.quant, self.dtype,
+                   out=out[:, kept])
         return out
 
-    def gather_values(self, j: int, k: int, seg: Segment, positions: torch.Tensor, t: int,
+    def gather_values(self, j: int, k: int, seg: Segment, positions: torch.Tensor,
                       new_rows: torch.Tensor) -> torch.Tensor:
-        """Values at `positions` [r, m] (0..t) of one segment, reading only those rows."""
+        """Values at slots `positions` [r, m] of one segment, reading only those rows."""
         if seg.values is not None:
             idx = positions[..., None].expand(-1, -1, seg.values.shape[-1]).to(seg.values.device)
             return seg.values.gather(1, idx)
         vbuf = self.entries[j, k][1]
         tier, _, _, storage = vbuf.parts[seg.index]
-        old = positions.clamp(max=t - 1).cpu() if tier == "disk" else positions.clamp(max=t - 1)
+        old = positions.cpu() if tier == "disk" else positions  # the new token's slot is replaced below
         source = storage.tensor if tier == "disk" else storage
         rows = seg.rows.start + torch.arange(old.shape[0], device=old.device)[:, None]
         picked = source[rows.to(source.device), old.to(source.device)]  # [r, m, width]
         vbuf.tiers.moved(tier, read=picked.numel() * picked.element_size())
         picked = self.decode(picked.to(seg.keys.device))
-        is_new = (positions == t).to(seg.keys.device)[..., None]
+        is_new = (positions == seg.slot).to(seg.keys.device)[..., None]
         return torch.where(is_new, new_rows.to(seg.keys.device)[:, None, :], picked)
 
     def free(self):
@@ -138,8 +160,8 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def decode_over_segments(q, new_k, new_v, segments: list[Segment], key_valid: torch.Tensor, t: int,
-                         cache: BlockCache, j: int, k: int, store_token) -> torch.Tensor:
-    """q [b, h, 1, d], new_k/new_v [b, kv, 1, d], key_valid [b, t + 1] -> [b, h, 1, d].
+                         cache: BlockCache, j: int, k: int, store_token, scale=None, softcap=None) -> torch.Tensor:
+    """q [b, h, 1, d], new_k/new_v [b, kv, 1, d], key_valid [b, t + 1] (of cache columns) -> [b, h, 1, d].
 
     Each segment is attended where it lives; only q and the output cross the link for
     CPU-attended rows. `store_token(part, rows, k_rows, v_rows)` persists the new token (in the
@@ -148,23 +170,23 @@ def decode_over_segments(q, new_k, new_v, segments: list[Segment], key_valid: to
     kv = new_k.shape[1]
     q_rows = q.reshape(b, kv, h // kv, d).reshape(b * kv, h // kv, d)
     (k_stored, k_seen), (v_stored, v_seen) = (stored_and_seen(_rows(x)[:, 0], cache.quant) for x in (new_k, new_v))
-    valid_rows = key_valid.repeat_interleave(kv, dim=0)
+    valid_rows = cache.slot_valid(j, k, key_valid, t).repeat_interleave(kv, dim=0)
     out = torch.empty_like(q_rows)
     for seg in segments:
         dev = seg.keys.device
         sl = slice(seg.start, seg.end)
-        seg.keys[:, t] = k_seen[sl].to(dev)
+        seg.keys[:, seg.slot] = k_seen[sl].to(dev)
         if seg.values is not None:
-            seg.values[:, t] = v_seen[sl].to(dev)
+            seg.values[:, seg.slot] = v_seen[sl].to(dev)
         if not seg.is_view:
             store_token(seg.index, seg.rows, k_stored, v_stored)
         q_seg, valid = q_rows[sl].to(dev), valid_rows[sl].to(dev)
         if cache.sparsity < 1.0:
-            gather = lambda pos, seg=seg, sl=sl: cache.gather_values(j, k, seg, pos, t, v_seen[sl])  # noqa: E731
-            result = sparse_decode_attention_rows(q_seg, seg.keys, valid, cache.sparsity, gather)
+            gather = lambda pos, seg=seg, sl=sl: cache.gather_values(j, k, seg, pos, v_seen[sl])  # noqa: E731
+            result = sparse_decode_attention_rows(q_seg, seg.keys, valid, cache.sparsity, gather, scale, softcap)
         elif dev.type == "cpu":
-            result = cpu_decode_attention_rows(q_seg, seg.keys, seg.values, valid)
+            result = cpu_decode_attention_rows(q_seg, seg.keys, seg.values, valid, scale, softcap)
         else:
-            result = decode_attention_rows(q_seg, seg.keys, seg.values, valid)
+            result = decode_attention_rows(q_seg, seg.keys, seg.values, valid, scale, softcap)
         out[sl] = result.to(q.device)
     return out.reshape(b, h, 1, d)

@@ -42,8 +42,11 @@ class LayerContext(Protocol):
     positions: torch.Tensor  # [batch, seq] absolute token positions
     select: torch.Tensor | None  # head only: flat indices into batch*seq whose logits are wanted
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q [b, heads, s, d], new k/v [b, kv_heads, s, d] -> attention output [b, heads, s, d]."""
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
+               softcap: float | None = None) -> torch.Tensor:
+        """q [b, heads, s, d], new k/v [b, kv_heads, s, d] -> attention output [b, heads, s, d]. Scores
+        are scaled by `scale` (default head_dim^-0.5) and, with `softcap`, capped by tanh (Gemma 2); the
+        layer's window is the spec's (`spec.window(i)`), which the cache is sized by."""
 
 
 class Layer(Protocol):

@@ -27,7 +27,8 @@ class ModelSpec:
     tie_embeddings: bool = True
     hidden_act: str = ""
     head_dim_override: int | None = None
-    sliding_window: int | None = None
+    sliding_window: int | None = None  # keys a sliding layer attends to (its own token included)
+    sliding_layers: tuple = ()  # decoder layers that slide; () with a window: every layer
     bos_token_id: int | None = None
     eos_token_ids: tuple = ()
     pad_token_id: int | None = None
@@ -37,6 +38,15 @@ class ModelSpec:
     @property
     def head_dim(self) -> int:
         return self.head_dim_override or self.hidden_size // self.num_heads
+
+    def window(self, layer: int) -> int | None:
+        """The window decoder layer `layer` attends within, None when it attends to everything."""
+        if self.sliding_window is None or (self.sliding_layers and layer not in self.sliding_layers):
+            return None
+        return self.sliding_window
+
+    def windows(self) -> list[int | None]:
+        return [self.window(i) for i in range(self.num_layers)]
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -120,6 +120,7 @@ class BlockModel:
         self.wb = self.comp if shape.compress_weight else dtype_bytes  # weight bytes/element at rest and in flight
         self.cb = self.comp if shape.compress_cache else dtype_bytes
         self.sizes = model_sizes(spec)
+        self.windows = spec.windows()
         self.numel = {k: v.streamed for k, v in self.sizes.layers.items()}  # streamed per step
         self.stored = {k: v.stored for k, v in self.sizes.layers.items()}
         self.matmul = {k: v.matmul for k, v in self.sizes.layers.items()}
@@ -128,9 +129,17 @@ class BlockModel:
         self._terms = None
 
     # -- sizes -----------------------------------------------------------------------
-    def cache_bytes(self, positions: float, per_elem: float | None = None) -> float:
-        """K and V of one GPU batch, one decoder layer."""
-        return 2 * self.b * self.sizes.widths.kv * positions * (per_elem or self.cb)
+    def kept(self, positions: float) -> float:
+        """Cache positions a decoder layer keeps of `positions`, on average over the layers: a sliding
+        layer keeps at most its window."""
+        windows = self.windows
+        return sum(positions if w is None else min(positions, w) for w in windows) / len(windows)
+
+    def cache_bytes(self, positions: float, per_elem: float | None = None, widest: bool = False) -> float:
+        """K and V of one GPU batch, one decoder layer: the average layer (what the layers hold and move
+        in all), or with `widest` a layer that keeps every position (what one layer's buffers take)."""
+        kept = positions if widest else self.kept(positions)
+        return 2 * self.b * self.sizes.widths.kv * kept * (per_elem or self.cb)
 
     def hidden_bytes(self, tokens: int) -> float:
         return self.b * tokens * self.spec.hidden_size * self.dt
@@ -203,7 +212,7 @@ class BlockModel:
             return out
         L = step.context
         kv_read = (1 + self.shape.attn_sparsity) / 2  # sparse attention reads only the kept V rows
-        flops = 2 * b * qk_dim * L * (1 + self.shape.attn_sparsity)
+        flops = 2 * b * qk_dim * self.kept(L) * (1 + self.shape.attn_sparsity)
         read_dt = self.cache_bytes(L, self.dt) * kv_read
         device_time = max(flops / hw.bmm_flops_decode, read_dt / hw.device_mem_bw)
         if self.shape.compress_cache:
@@ -284,16 +293,18 @@ class BlockModel:
 
         # writes waiting for their turn hold a batch's prompt keys and values, or its hidden states, on
         # a GPU the host runs ahead of (a CPU computes on the host thread itself, so its writes keep up)
-        in_flight = WRITES_IN_FLIGHT * max(self.cache_bytes(s, dt) if n > 1 else 0.0, self.hidden_bytes(s))
+        in_flight = WRITES_IN_FLIGHT * max(self.cache_bytes(s, dt, widest=True) if n > 1 else 0.0,
+                                           self.hidden_bytes(s))
         dev_prefill = working(s, s, True) + (in_flight if self.shape.overlap and self.hw.device != "cpu" else 0.0)
         dev_decode = Lin(working(1, s + n, False)) if n > 1 else Lin()
         if n > 1 and self.shape.cpu_attention < 1:  # loaded CPU/disk rows
-            dev_decode += off_device("c", (1 - self.shape.cpu_attention) * nbuf * self.cache_bytes(s + n))
-        if n > 1 and self.shape.compress_cache:
-            dev_decode += nbuf * self.cache_bytes(s + n, dt)  # dequantised: the batch and the one prefetched
+            loaded = nbuf * self.cache_bytes(s + n, widest=True)
+            dev_decode += off_device("c", (1 - self.shape.cpu_attention) * loaded)
+        if n > 1 and self.shape.compress_cache:  # dequantised: the batch and the one prefetched
+            dev_decode += nbuf * self.cache_bytes(s + n, dt, widest=True)
         largest = max(self.numel.values()) if self.shape.compress_weight else 0.0  # values in one (de)quantization
         if self.shape.compress_cache:
-            largest = max(largest, self.cache_bytes(s + n, 1.0) / 2)  # a batch's keys (or values), one layer
+            largest = max(largest, self.cache_bytes(s + n, 1.0, widest=True) / 2)  # a batch's keys (or values)
         dev_prefill += scratch_bytes(self.hw.device, largest)  # fp32 temporaries of a block of them
         dev_decode += scratch_bytes(self.hw.device, largest)
         gpu = [resident["gpu"] + weight_buffers + dev_prefill, resident["gpu"] + weight_buffers + dev_decode]
@@ -303,7 +314,7 @@ class BlockModel:
         staged = 0.0 if self.hw.device == "cpu" else float(nbuf)
         stage_w = Lin.var("w_disk", scale=staged * biggest)
         cpu_prefill = stage_w + Lin.var("a_disk", scale=staged * self.hidden_bytes(s))
-        cpu_decode = stage_w + Lin.var("c_disk", scale=staged * self.cache_bytes(s + n))
+        cpu_decode = stage_w + Lin.var("c_disk", scale=staged * self.cache_bytes(s + n, widest=True))
         if self.shape.cpu_attention:
             cpu_decode += b * sp.num_heads * (s + n) * 4 * nbuf  # scores on the CPU
         cpu = [resident["cpu"] + cpu_prefill, resident["cpu"] + cpu_decode]

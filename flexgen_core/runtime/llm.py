@@ -324,8 +324,9 @@ class LLM:
         """Tokens at the start of every row (few-shot examples, a system prompt) that a block
         computes once instead of once per row; each row keeps at least one token of its own, and
         at most `limit` are shared. 0 when too short to pay for a separate pass, or with a
-        compressed cache, sparse attention or a sliding window, whose prefill does not take a
-        shared prefix."""
+        compressed cache, sparse attention or sliding layers, whose prefill does not take a shared prefix
+        (a sliding layer's ring keeps cache columns, and the prefix puts padding between its own columns
+        and a row's, so columns would no longer count tokens)."""
         if (not self.share_prefixes or len(rows) < 2 or policy.compress_cache or policy.attn_sparsity < 1.0
                 or self.spec.sliding_window is not None):
             return 0

@@ -15,7 +15,6 @@ import time
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 
 from ..memory.compression import QuantConfig
 from ..memory.io_queue import WRITES_IN_FLIGHT, IOQueue
@@ -52,8 +51,8 @@ class _Context:
     def __init__(self, positions, select=None, attend=None):
         self.positions, self.select, self._attend = positions, select, attend
 
-    def attend(self, q, k, v):
-        return self._attend(q, k, v)
+    def attend(self, q, k, v, scale=None, softcap=None):
+        return self._attend(q, k, v, scale, softcap)
 
 
 class Activations:
@@ -126,7 +125,8 @@ class Scheduler:
         if job.num_steps > 1:
             shapes = [(b, job.prompt_len(k) + job.num_steps - 1) for k, b in enumerate(job.batch_sizes)]
             cache = BlockCache(self.tiers, spec.num_layers, shapes, spec.num_kv_heads, spec.head_dim, self.dtype,
-                               policy.cache, policy.cpu_attention, self.cache_quant, policy.attn_sparsity)
+                               policy.cache, policy.cpu_attention, self.cache_quant, policy.attn_sparsity,
+                               spec.windows())
         acts = Activations(self.tiers, policy.activations, self.read_queue, self.write_queue)
         self._cache_writes, self.step_seconds = {}, []
         n_layers = len(self.layers)
@@ -218,20 +218,21 @@ class Scheduler:
         keeping the layer's keys and values for the batches to attend to."""
         ids, positions = job.prefix_inputs()
 
-        def attend(q, k, v):
+        def attend(q, k, v, scale=None, softcap=None):  # no sliding layers here: LLM shares no prefix then
             state["kv"] = (k, v)
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            return prefill_attention(q, k, v, None, [0], scale=scale, softcap=softcap)
 
         x = ids if layer.kind == "embed" else state["hidden"]
         state["hidden"] = layer.forward(x, w, _Context(positions, attend=attend))
 
     def _attend_fn(self, job, step, layer_index, k, cache, segments, masks, sparsity, prefix_kv=None):
-        window = self.spec.sliding_window
+        window = self.spec.window(layer_index)
 
-        def attend(q, new_k, new_v):
+        def attend(q, new_k, new_v, scale=None, softcap=None):
             if step == 0:
-                if k not in masks:
-                    masks[k] = job.prefill_mask(k, window)
+                if (k, window) not in masks:  # sliding and global layers see the same rows differently
+                    masks[k, window] = job.prefill_mask(k, window)
+                mask = masks[k, window]
                 if prefix_kv is not None:  # the rows follow the shared prefix: attend to both
                     b = q.shape[0]
                     keys, values = (torch.cat([p.expand(b, -1, -1, -1), new], dim=2)
@@ -239,23 +240,21 @@ class Scheduler:
                     if cache is not None:
                         stored = (stored_and_seen(x, self.cache_quant)[0] for x in (keys, values))
                         self._cache_write(cache, cache.store_prefill, layer_index, k, *stored)
-                    return F.scaled_dot_product_attention(q, keys, values, attn_mask=masks[k], enable_gqa=True)
+                    return prefill_attention(q, keys, values, mask, scale=scale, softcap=softcap)
                 # attend to what the cache will give back
                 (stored_k, seen_k), (stored_v, seen_v) = (stored_and_seen(x, self.cache_quant) for x in (new_k, new_v))
-                out = prefill_attention(q, seen_k, seen_v, masks[k], job.pads(k), sparsity)
+                out = prefill_attention(q, seen_k, seen_v, mask, job.pads(k), sparsity, scale, softcap)
                 if cache is not None:
                     self._cache_write(cache, cache.store_prefill, layer_index, k, stored_k, stored_v)
                 return out
+            # a sliding layer's cache is a ring of its window: what it gives back is the window
             t = job.prompt_len(k) + step - 1
-            valid = job.key_valid(step, k)
-            if window is not None and t + 1 > window:
-                valid = valid.clone()
-                valid[:, : t + 1 - window] = False
 
             def store(part, rows, k_rows, v_rows):
                 self._cache_write(cache, cache.store_token, layer_index, k, part, rows, k_rows, v_rows, t)
 
-            return decode_over_segments(q, new_k, new_v, segments, valid, t, cache, layer_index, k, store)
+            return decode_over_segments(q, new_k, new_v, segments, job.key_valid(step, k), t, cache, layer_index, k,
+                                        store, scale, softcap)
 
         return attend
 

@@ -44,25 +44,27 @@ def _rope_config(config: dict) -> tuple[float, dict]:
     return float(theta), merged
 
 
-def _sliding_window(config: dict, num_layers: int) -> int | None:
-    """The window every layer attends within, or None. Qwen2/3 slide only with use_sliding_window, and
-    then only the layers `layer_types` (or, in older configs, i >= max_window_layers) names; the
-    runtime keeps one window for all layers, so a mix is refused rather than computed wrongly."""
+def sliding_layers(config: dict, num_layers: int) -> tuple[int | None, tuple]:
+    """(window, the decoder layers that slide; () for all of them), or (None, ()) when none do.
+    `layer_types` names each layer; older Qwen2/3 configs say i >= max_window_layers instead, and
+    slide only with use_sliding_window."""
     window = config.get("sliding_window")
     if window is None or ("use_sliding_window" in config and not config["use_sliding_window"]):
-        return None
+        return None, ()
     types = config.get("layer_types")
     if types is None and "max_window_layers" in config:
         types = ["sliding_attention" if i >= config["max_window_layers"] else "full_attention"
                  for i in range(num_layers)]
-    kinds = set(types or ["sliding_attention"])
-    if kinds == {"full_attention"}:
-        return None
-    if kinds != {"sliding_attention"}:
-        raise ValueError(f"layer_types mixes {sorted(kinds)}: sliding-window and global layers in one model are "
-                         "not supported yet (set use_sliding_window false to attend globally, as the checkpoint's "
-                         "full-attention layers do)")
-    return int(window)
+    if types is None:
+        return int(window), ()
+    unknown = set(types) - {"sliding_attention", "full_attention"}
+    if unknown or len(types) != num_layers:
+        raise ValueError(f"layer_types must name sliding_attention or full_attention for each of the {num_layers} "
+                         f"layers, got {types}")
+    sliding = tuple(i for i, kind in enumerate(types) if kind == "sliding_attention")
+    if not sliding:
+        return None, ()
+    return int(window), () if len(sliding) == num_layers else sliding
 
 
 def spec_from_config(config: dict, name: str = "", family: str = "llama") -> ModelSpec:
@@ -77,6 +79,7 @@ def spec_from_config(config: dict, name: str = "", family: str = "llama") -> Mod
     eos = () if eos is None else tuple(eos) if isinstance(eos, list) else (eos,)
     if model_type == "qwen2":
         config = {"use_sliding_window": False, **config}
+    window, slides = sliding_layers(config, config["num_hidden_layers"])
     return ModelSpec(
         family=family,
         vocab_size=config["vocab_size"],
@@ -89,7 +92,8 @@ def spec_from_config(config: dict, name: str = "", family: str = "llama") -> Mod
         tie_embeddings=config.get("tie_word_embeddings", False),
         hidden_act=act,
         head_dim_override=config.get("head_dim"),
-        sliding_window=_sliding_window(config, config["num_hidden_layers"]),
+        sliding_window=window,
+        sliding_layers=slides,
         bos_token_id=config.get("bos_token_id"),
         eos_token_ids=eos,
         pad_token_id=config.get("pad_token_id"),
