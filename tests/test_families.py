@@ -1,5 +1,7 @@
-"""The families that extend Llama (Qwen3, OLMo 2): identical to HF transformers under every placement,
-with shared prefixes on and off and CPU attention on and off; their own errors for what they refuse."""
+"""Every family beyond OPT and Llama (Qwen3, OLMo 2, Gemma 2 and 3, Phi-3, GPT-NeoX): identical to HF
+transformers under every placement, with shared prefixes on and off and CPU attention on and off, with
+prompts longer than the tiny sliding windows; sliding layers keep only their window; their sizes are
+HF's; their own errors for what they refuse."""
 import hf_reference
 import pytest
 import tiny_models
@@ -27,6 +29,20 @@ FAMILIES = {
     "qwen3-mixed-sliding": dict(model_type="qwen3", use_sliding_window=True, sliding_window=8,
                                 layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
     "olmo2": dict(model_type="olmo2"),
+    # soft caps low enough that tanh bends the tiny model's scores and logits; a score scale of its own;
+    # layers alternating sliding (window 8) and global
+    "gemma2": dict(model_type="gemma2", head_dim=16, query_pre_attn_scalar=24, sliding_window=8,
+                   attn_logit_softcapping=4.0, final_logit_softcapping=3.0, hidden_activation="gelu_pytorch_tanh",
+                   tie_word_embeddings=True),
+    # two sliding layers to each global one, a rotary base of their own, the global one's scaled
+    "gemma3": dict(model_type="gemma3_text", head_dim=16, query_pre_attn_scalar=24, sliding_window=8,
+                   sliding_window_pattern=3, rope_parameters={
+                       "sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+                       "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}}),
+    "phi3": dict(model_type="phi3", sliding_window=8, partial_rotary_factor=0.5),
+    "gpt-neox": dict(model_type="gpt_neox", rotary_pct=0.5, use_parallel_residual=True),
+    "gpt-neox-sequential": dict(model_type="gpt_neox", rotary_pct=0.25, use_parallel_residual=False,
+                                hidden_act="gelu"),
 }
 
 
@@ -72,6 +88,37 @@ def test_family_sizes_come_from_their_layers():
         assert model_sizes(spec).layers["decoder"].stored == matrices + qk_norm + norms
 
 
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_weight_counts_are_hfs(name):
+    """What the planner counts for a model is what HF builds from the same config (tied tables once)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from flexgen_core.planning.sizes import model_sizes
+
+    extra = dict(FAMILIES[name])
+    shape = dict(vocab_size=320, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=128, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    config = AutoConfig.for_model(extra.pop("model_type"), **{**shape, **extra})
+    model = AutoModelForCausalLM.from_config(config)
+    spec = ModelSpec.from_hf_config(config.to_dict())
+    assert model_sizes(spec).weight_values() == sum(p.numel() for p in model.parameters())
+
+
+def test_what_is_refused_is_named():
+    base = {"vocab_size": 1000, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "intermediate_size": 128}
+    longrope = {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [4.0] * 8}
+    with pytest.raises(ValueError, match="longrope.*use the 4k checkpoint"):
+        ModelSpec.from_hf_config({"model_type": "phi3", **base, "rope_scaling": longrope})
+    with pytest.raises(ValueError, match="multimodal.*gemma3_text"):
+        ModelSpec.from_hf_config({"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"],
+                                  "text_config": base})
+    with pytest.raises(ValueError, match="use_bidirectional_attention"):
+        ModelSpec.from_hf_config({"model_type": "gemma3_text", **base, "use_bidirectional_attention": True})
+    with pytest.raises(ValueError, match="unsupported activation 'relu6'"):
+        ModelSpec.from_hf_config({"model_type": "gpt_neox", **base, "hidden_act": "relu6"})
+
+
 def test_sliding_layers_follow_layer_types():
     cfg = {"model_type": "qwen3", "vocab_size": 1000, "hidden_size": 64, "num_hidden_layers": 4,
            "num_attention_heads": 4, "intermediate_size": 128, "use_sliding_window": True, "sliding_window": 16,
@@ -85,7 +132,7 @@ def test_sliding_layers_follow_layer_types():
 
 
 def test_an_unsupported_architecture_lists_the_supported_ones():
-    with pytest.raises(ValueError, match=r"unsupported architecture.*supported model types: \[.*'olmo2'.*'qwen3'"):
+    with pytest.raises(ValueError, match=r"unsupported architecture.*supported model types: \[.*'gemma2'.*'gpt_neox'"):
         ModelSpec.from_hf_config({"model_type": "bloom", "architectures": ["BloomForCausalLM"]})
 
 

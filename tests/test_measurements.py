@@ -7,7 +7,7 @@ import pytest
 
 from flexgen_core import ModelSpec, Policy
 from flexgen_core.planning.cost_model import estimate
-from flexgen_eval.bench import compression_accuracy, planner_check, planner_table
+from flexgen_eval.bench import compression_accuracy, planner_check, planner_families, planner_table
 from flexgen_eval.cli import build_parser, run_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,6 +29,25 @@ def test_planner_table_beats_or_matches_the_paper_policies_that_fit_its_margin(t
             compared += 1
     assert compared >= 2  # opt-6.7b fp16 and opt-30b 4-bit; the others need more than 90% of a tier
     assert "| opt-175b |" in (tmp_path / "planner.md").read_text()
+
+
+def test_planner_families_rows_are_what_their_plan_commands_print(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(planner_families, "WORKLOADS", ((1536, 16),))
+    args = build_parser().parse_args(["planner-families", "--out-dir", str(tmp_path),
+                                      "--models", "gemma-3-27b,pythia-12b"])
+    assert run_command(args) == 0
+    report = json.loads((tmp_path / "planner_families.json").read_text())
+    assert [(r["model"], r["hardware"]) for r in report["rows"]] == [
+        ("gemma-3-27b", "t4"), ("gemma-3-27b", "a100-80g"), ("pythia-12b", "t4"), ("pythia-12b", "a100-80g")]
+    a100 = report["rows"][1]
+    assert a100["command"].endswith("--cpu-mem 200GiB --disk 1.5TB")  # the preset names only its GPU
+    capsys.readouterr()
+    assert run_command(build_parser().parse_args(a100["command"].split()[1:] + ["--json"])) == 0
+    assert json.loads(capsys.readouterr().out) == a100["plan"]
+    # 52 of Gemma 3's 62 layers keep 1024 of the 1552 positions; Pythia's 36 keep all
+    assert a100["kv_cache_per_sequence_bytes"] == 2 * 16 * 128 * 2 * (52 * 1024 + 10 * 1552)
+    assert report["rows"][2]["kv_cache_per_sequence_bytes"] == 2 * 5120 * 2 * 36 * 1552
+    assert "| gemma-3-27b | gemma3 | 27.0 B | t4 | 1536+16 |" in (tmp_path / "planner_families.md").read_text()
 
 
 def test_check_planner_grid_and_its_fit_rule():

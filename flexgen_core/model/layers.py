@@ -10,6 +10,17 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
+
+_tanh_gelu = lambda x: F.gelu(x, approximate="tanh")  # noqa: E731
+# HF's hidden_act names -> the function; a family accepts those its checkpoints use
+ACTIVATIONS = {"relu": F.relu, "silu": F.silu, "gelu": F.gelu, "gelu_new": _tanh_gelu, "gelu_pytorch_tanh": _tanh_gelu}
+
+
+def activation(name: str):
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unsupported activation {name!r} (supported: {', '.join(ACTIVATIONS)})")
+    return ACTIVATIONS[name]
 
 
 @dataclass(frozen=True)
@@ -27,6 +38,16 @@ class WeightSpec:
         for d in self.shape:
             n *= d
         return n
+
+
+def linear_specs(prefix: str, shapes, bias: bool) -> list[WeightSpec]:
+    """Weights (and biases, when the family has them) of linear maps: `shapes` is [(name, (out, in))]."""
+    specs = []
+    for name, shape in shapes:
+        specs.append(WeightSpec(f"{prefix}{name}.weight", shape))
+        if bias:
+            specs.append(WeightSpec(f"{prefix}{name}.bias", (shape[0],), "zeros"))
+    return specs
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,18 @@ class ModelSpec:
         return cls.from_hf_config(BUILTIN_CONFIGS[key], name=key)
 
 
+def hf_fields(config: dict, name: str = "", max_len: int = 2048, tie: bool = True, eos=None) -> dict:
+    """The ModelSpec fields every HF config spells the same way; a family adds the rest (defaults for
+    the context length, tied head and EOS are the family's)."""
+    eos = config.get("eos_token_id", eos)
+    return dict(vocab_size=config["vocab_size"], hidden_size=config["hidden_size"],
+                num_layers=config["num_hidden_layers"], num_heads=config["num_attention_heads"],
+                max_seq_len=config.get("max_position_embeddings", max_len),
+                tie_embeddings=config.get("tie_word_embeddings", tie), bos_token_id=config.get("bos_token_id"),
+                eos_token_ids=() if eos is None else tuple(eos) if isinstance(eos, list) else (eos,),
+                pad_token_id=config.get("pad_token_id"), name=name or config.get("_name_or_path", ""))
+
+
 def family_for_config(config: dict):
     """The family module that reads this HF config; one error that lists the supported ones."""
     model_type = config.get("model_type", "")
@@ -164,6 +176,29 @@ BUILTIN_CONFIGS: dict[str, dict] = {
                                                                theta=500000.0, eps=1e-6, bos=100257, eos=100257)),
     "olmo-2-32b": _family("olmo2", "Olmo2ForCausalLM", _llama(5120, 64, 40, 8, 27648, vocab=100352, max_pos=4096,
                                                                theta=500000.0, eps=1e-6, bos=100257, eos=100257)),
+    # Gemma 2 (google/gemma-2-27b): score scale 144^-0.5, soft caps 50 / 30, every other layer sliding (4096)
+    "gemma-2-27b": _family("gemma2", "Gemma2ForCausalLM", _llama(4608, 46, 32, 16, 36864, vocab=256000, max_pos=8192,
+                                                                  tie=True, eps=1e-6, bos=2, eos=1),
+                           head_dim=128, query_pre_attn_scalar=144, sliding_window=4096,
+                           hidden_activation="gelu_pytorch_tanh", pad_token_id=0),
+    # Gemma 3 27B, its text model (google/gemma-3-27b-it text_config): 5 sliding layers (1024) to each
+    # global one, global rope 1e6 scaled linearly by 8, local 1e4
+    "gemma-3-27b": _family("gemma3_text", "Gemma3ForCausalLM",
+                           _llama(5376, 62, 32, 16, 21504, vocab=262208, max_pos=131072, theta=1_000_000.0,
+                                  tie=True, eps=1e-6, rope_scaling={"rope_type": "linear", "factor": 8.0},
+                                  bos=2, eos=1),
+                           head_dim=128, query_pre_attn_scalar=168, sliding_window=1024, rope_local_base_freq=10000.0,
+                           hidden_activation="gelu_pytorch_tanh", pad_token_id=0),
+    # Phi-3-medium-4k (microsoft/Phi-3-medium-4k-instruct): fused projections, a 2047-token window
+    "phi-3-medium": _family("phi3", "Phi3ForCausalLM", _llama(5120, 40, 40, 10, 17920, vocab=32064, max_pos=4096,
+                                                               bos=1, eos=32000),
+                            sliding_window=2047, pad_token_id=32000),
+    # Pythia 12B (EleutherAI/pythia-12b): GPT-NeoX, a quarter of each head rotated, parallel residual
+    "pythia-12b": {"model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"], "vocab_size": 50688,
+                   "hidden_size": 5120, "num_hidden_layers": 36, "num_attention_heads": 40,
+                   "intermediate_size": 20480, "max_position_embeddings": 2048, "rotary_pct": 0.25,
+                   "rotary_emb_base": 10000, "use_parallel_residual": True, "layer_norm_eps": 1e-5,
+                   "tie_word_embeddings": False, "bos_token_id": 0, "eos_token_id": 0},
     "smollm2-135m": _llama(576, 30, 9, 3, 1536, vocab=49152, max_pos=8192, theta=100000.0, tie=True,
                            bos=1, eos=2),
     "smollm2-135m-instruct": _llama(576, 30, 9, 3, 1536, vocab=49152, max_pos=8192, theta=100000.0,

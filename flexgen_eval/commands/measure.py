@@ -14,6 +14,8 @@ MEASUREMENTS = {  # sub-command -> (module of flexgen_eval.bench, one-line help)
     "check-planner": ("planner_check", "the cost model and the planner against measured runs on this machine"),
     "planner-table": ("planner_table", "the planner against the FlexGen paper's hand-tuned T4 policies "
                                        "(cost-model arithmetic)"),
+    "planner-families": ("planner_families", "the plan for each built-in size of the newer families on the t4 "
+                                             "and a100-80g presets (cost-model arithmetic)"),
 }
 
 

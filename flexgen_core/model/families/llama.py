@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..layers import WeightSpec, Widths, lookup, selected_rows
-from ..spec import ModelSpec
+from ..layers import WeightSpec, Widths, activation, linear_specs, lookup, selected_rows
+from ..spec import ModelSpec, hf_fields
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
@@ -24,24 +24,25 @@ class LlamaSettings:
     rope_scaling: tuple = ()  # sorted (key, value) pairs of the HF rope_scaling dict
     attention_bias: bool = False  # bias on q, k, v (Qwen2)
     mlp_bias: bool = False
+    partial_rotary: float = 1.0  # share of each head's dimensions rotated (Phi-3's partial_rotary_factor)
 
 
-_ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
-
-
-def _rope_config(config: dict) -> tuple[float, dict]:
-    # transformers 5 moved rope_theta/rope_scaling into `rope_parameters`; read either.
+def rope_config(config: dict) -> tuple[float, dict, float]:
+    """(base, scaling, share of dimensions rotated). transformers 5 moved rope_theta, rope_scaling and
+    partial_rotary_factor into `rope_parameters`; read either."""
     params = dict(config.get("rope_parameters") or {})
     scaling = dict(config.get("rope_scaling") or {})
     theta = config.get("rope_theta", params.get("rope_theta", 10000.0))
     merged = {**params, **scaling}
     merged.pop("rope_theta", None)
+    partial = merged.pop("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
     rope_type = merged.get("rope_type", merged.get("type", "default"))
     if rope_type not in ("default", "linear", "llama3"):
-        raise ValueError(f"unsupported rope scaling type {rope_type!r} (supported: default, linear, llama3)")
+        raise ValueError(f"unsupported rope scaling type {rope_type!r} (supported: default, linear, llama3; "
+                         "long-context variants such as Phi-3's 128k longrope are not: use the 4k checkpoint)")
     merged.pop("type", None)
     merged["rope_type"] = rope_type
-    return float(theta), merged
+    return float(theta), merged, float(partial)
 
 
 def sliding_layers(config: dict, num_layers: int) -> tuple[int | None, tuple]:
@@ -71,37 +72,24 @@ def spec_from_config(config: dict, name: str = "", family: str = "llama") -> Mod
     """A Llama-style config; `family` names the module (in model/families) whose layers compute it."""
     model_type = config.get("model_type", "llama")
     act = config.get("hidden_act", "silu")
-    if act not in _ACTIVATIONS:
-        raise ValueError(f"unsupported hidden_act {act!r}")
-    theta, scaling = _rope_config(config)
-    heads = config["num_attention_heads"]
-    eos = config.get("eos_token_id")
-    eos = () if eos is None else tuple(eos) if isinstance(eos, list) else (eos,)
+    activation(act)
+    theta, scaling, partial = rope_config(config)
     if model_type == "qwen2":
         config = {"use_sliding_window": False, **config}
     window, slides = sliding_layers(config, config["num_hidden_layers"])
     return ModelSpec(
         family=family,
-        vocab_size=config["vocab_size"],
-        hidden_size=config["hidden_size"],
-        num_layers=config["num_hidden_layers"],
-        num_heads=heads,
-        num_kv_heads=config.get("num_key_value_heads") or heads,
+        **hf_fields(config, name, max_len=4096, tie=False),
+        num_kv_heads=config.get("num_key_value_heads") or config["num_attention_heads"],
         ffn_size=config["intermediate_size"],
-        max_seq_len=config.get("max_position_embeddings", 4096),
-        tie_embeddings=config.get("tie_word_embeddings", False),
         hidden_act=act,
         head_dim_override=config.get("head_dim"),
         sliding_window=window,
         sliding_layers=slides,
-        bos_token_id=config.get("bos_token_id"),
-        eos_token_ids=eos,
-        pad_token_id=config.get("pad_token_id"),
-        name=name or config.get("_name_or_path", ""),
         arch=LlamaSettings(rms_norm_eps=config.get("rms_norm_eps", 1e-6), rope_theta=theta,
                            rope_scaling=tuple(sorted(scaling.items())),
                            attention_bias=config.get("attention_bias", model_type == "qwen2"),
-                           mlp_bias=config.get("mlp_bias", False)),
+                           mlp_bias=config.get("mlp_bias", False), partial_rotary=partial),
     )
 
 
@@ -111,25 +99,39 @@ def widths(spec: ModelSpec) -> Widths:
     return Widths(kv=spec.num_kv_heads * spec.head_dim, mlp=3 * spec.ffn_size)
 
 
-def build_layers(spec: ModelSpec, decoder=None) -> list:
-    """Embedding, decoders and head; a family that extends this one passes its decoder class."""
-    rope, decoder = Rotary(spec), decoder or DecoderLayer
-    return [Embedding(spec)] + [decoder(spec, i, rope) for i in range(spec.num_layers)] + [Head(spec)]
+def build_layers(spec: ModelSpec, decoder=None, embedding=None, head=None, rotary=None) -> list:
+    """Embedding, decoders and head; a family that extends this one passes its own classes, and
+    `rotary(layer index)` where its layers rotate differently (one Rotary for all by default)."""
+    if rotary is None:
+        shared = Rotary.of(spec)
+        rotary = lambda i: shared  # noqa: E731
+    decoder = decoder or DecoderLayer
+    return ([(embedding or Embedding)(spec)] + [decoder(spec, i, rotary(i)) for i in range(spec.num_layers)]
+            + [(head or Head)(spec)])
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float = 0.0) -> torch.Tensor:
+    """RMSNorm scaled by `weight`, or (Gemma, which stores weight - 1) by offset + weight in fp32."""
     x32 = x.float()
     x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    if offset:
+        return (x32 * (offset + weight.float())).to(x.dtype)
     return weight * x32.to(x.dtype)
 
 
 class Rotary:
-    """Rotary position embedding; inverse frequencies follow the config's rope scaling."""
+    """Rotary position embedding over the first `dims` of each head (all by default); inverse
+    frequencies follow the config's rope scaling."""
 
-    def __init__(self, spec: ModelSpec):
-        d = spec.head_dim
-        inv_freq = 1.0 / (spec.arch.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
-        scaling = dict(spec.arch.rope_scaling)
+    @classmethod
+    def of(cls, spec: ModelSpec) -> "Rotary":
+        a = spec.arch
+        return cls(spec.head_dim, a.rope_theta, dict(a.rope_scaling), int(spec.head_dim * a.partial_rotary))
+
+    def __init__(self, head_dim: int, theta: float, scaling: dict | None = None, dims: int | None = None):
+        d = self.dims = dims or head_dim
+        inv_freq = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+        scaling = scaling or {}
         kind = scaling.get("rope_type", "default")
         if kind == "linear":
             inv_freq = inv_freq / scaling["factor"]
@@ -166,7 +168,10 @@ class Rotary:
 
     @staticmethod
     def apply(x, cos, sin):
-        half = x.shape[-1] // 2
+        d = cos.shape[-1]
+        if d < x.shape[-1]:  # partial rotary: the rest of each head passes through
+            return torch.cat((Rotary.apply(x[..., :d], cos, sin), x[..., d:]), dim=-1)
+        half = d // 2
         rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
         return x * cos + rotated * sin
 
@@ -174,15 +179,16 @@ class Rotary:
 class Embedding:
     kind = "embed"
     name = "embed"
+    TABLE = "model.embed_tokens.weight"  # the checkpoint's name for the token table
 
     def __init__(self, spec: ModelSpec):
         self.spec = spec
 
     def weight_specs(self):
-        return [WeightSpec("model.embed_tokens.weight", (self.spec.vocab_size, self.spec.hidden_size), lookup=True)]
+        return [WeightSpec(self.TABLE, (self.spec.vocab_size, self.spec.hidden_size), lookup=True)]
 
     def forward(self, token_ids, w, ctx):
-        return lookup(w["model.embed_tokens.weight"], token_ids)
+        return lookup(w[self.TABLE], token_ids)
 
 
 class DecoderLayer:
@@ -196,40 +202,62 @@ class DecoderLayer:
     # RMSNorm of q and k before rotary: None, "head" (over each head: Qwen3) or "projection" (over
     # the whole projection: OLMo 2)
     QK_NORM = None
+    NORM_OFFSET = 0.0  # every RMSNorm scales by offset + weight (Gemma: 1)
 
     def __init__(self, spec: ModelSpec, index: int, rope: Rotary):
         self.spec, self.index, self.rope = spec, index, rope
         self.name = f"layer{index}"
         self.p = f"model.layers.{index}."
-        self.act = _ACTIVATIONS[spec.hidden_act or "silu"]
+        self.act = activation(spec.hidden_act or "silu")
+        self.scale = self.softcap = None  # attention scores scaled by head_dim^-0.5, not capped
 
     def weight_specs(self):
-        s, p = self.spec, self.p
-        h, d = s.hidden_size, s.head_dim
-        q, kv = s.num_heads * d, s.num_kv_heads * d
-        norm = lambda where: [WeightSpec(f"{p}{self.NORMS[where]}.weight", (h,), "ones")] if self.NORMS[where] else []  # noqa: E731
-        specs = norm("pre_attention")
-        for proj, out in (("q_proj", q), ("k_proj", kv), ("v_proj", kv)):
-            specs.append(WeightSpec(f"{p}self_attn.{proj}.weight", (out, h)))
-            if s.arch.attention_bias:
-                specs.append(WeightSpec(f"{p}self_attn.{proj}.bias", (out,), "zeros"))
+        s, p, h = self.spec, self.p, self.spec.hidden_size
+        ones = "zeros" if self.NORM_OFFSET else "ones"  # the dummy weights of a norm that scales by 1
+
+        def norm(where):
+            return [WeightSpec(f"{p}{self.NORMS[where]}.weight", (h,), ones)] if self.NORMS[where] else []
+
+        specs = norm("pre_attention") + self._qkv_specs()
         if self.QK_NORM:
-            width = {"head": (d, d), "projection": (q, kv)}[self.QK_NORM]
-            specs += [WeightSpec(f"{p}self_attn.{n}_norm.weight", (size,), "ones") for n, size in zip("qk", width)]
-        specs.append(WeightSpec(p + "self_attn.o_proj.weight", (h, q)))
-        specs += norm("post_attention") + norm("pre_mlp")
-        for proj, shape in (("gate_proj", (s.ffn_size, h)), ("up_proj", (s.ffn_size, h)), ("down_proj", (h, s.ffn_size))):
-            specs.append(WeightSpec(f"{p}mlp.{proj}.weight", shape))
-            if s.arch.mlp_bias:
-                specs.append(WeightSpec(f"{p}mlp.{proj}.bias", (shape[0],), "zeros"))
-        return specs + norm("post_mlp")
+            d = s.head_dim
+            width = {"head": (d, d), "projection": (s.num_heads * d, s.num_kv_heads * d)}[self.QK_NORM]
+            specs += [WeightSpec(f"{p}self_attn.{n}_norm.weight", (size,), ones) for n, size in zip("qk", width)]
+        specs.append(WeightSpec(p + "self_attn.o_proj.weight", (h, s.num_heads * s.head_dim)))
+        return specs + norm("post_attention") + norm("pre_mlp") + self._mlp_specs() + norm("post_mlp")
+
+    def _qkv_specs(self):
+        s, h = self.spec, self.spec.hidden_size
+        q, kv = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
+        return self._projections("self_attn", [("q_proj", (q, h)), ("k_proj", (kv, h)), ("v_proj", (kv, h))],
+                                 s.arch.attention_bias)
+
+    def _mlp_specs(self):
+        s, h, f = self.spec, self.spec.hidden_size, self.spec.ffn_size
+        return self._projections("mlp", [("gate_proj", (f, h)), ("up_proj", (f, h)), ("down_proj", (h, f))],
+                                 s.arch.mlp_bias)
+
+    def _projections(self, module: str, shapes, bias: bool) -> list:
+        return linear_specs(f"{self.p}{module}.", shapes, bias)
 
     def _linear(self, x, w, name):
         return F.linear(x, w[f"{self.p}{name}.weight"], w.get(f"{self.p}{name}.bias"))
 
+    def _rms_norm(self, x, weight):
+        return rms_norm(x, weight, self.spec.arch.rms_norm_eps, self.NORM_OFFSET)
+
     def _norm(self, x, w, where):
         name = self.NORMS[where]
-        return x if name is None else rms_norm(x, w[f"{self.p}{name}.weight"], self.spec.arch.rms_norm_eps)
+        return x if name is None else self._rms_norm(x, w[f"{self.p}{name}.weight"])
+
+    def _qkv(self, x, w):
+        """q, k and v as projected, [b, n, heads x head_dim] each."""
+        return tuple(self._linear(x, w, f"self_attn.{n}_proj") for n in "qkv")
+
+    def _gated(self, x, w):
+        """act(gate) x up, the product in place: two MLP-wide tensors at most, then one."""
+        gated = self.act(self._linear(x, w, "mlp.gate_proj"))
+        return gated.mul_(self._linear(x, w, "mlp.up_proj"))
 
     def forward(self, h, w, ctx):
         h = h + self._attention(h, w, ctx)  # returning frees its queries, keys and values before the MLP
@@ -239,43 +267,41 @@ class DecoderLayer:
         s = self.spec
         b, n, _ = h.shape
         x = self._norm(h, w, "pre_attention")
-        q, k = self._qk_norm(self._linear(x, w, "self_attn.q_proj"), self._linear(x, w, "self_attn.k_proj"), w)
+        q, k, v = self._qkv(x, w)
+        del x
+        q, k = self._qk_norm(q, k, w)
         q = q.view(b, n, s.num_heads, s.head_dim).transpose(1, 2)
         k = k.view(b, n, s.num_kv_heads, s.head_dim).transpose(1, 2)
-        v = self._linear(x, w, "self_attn.v_proj").view(b, n, s.num_kv_heads, s.head_dim).transpose(1, 2)
-        del x
+        v = v.view(b, n, s.num_kv_heads, s.head_dim).transpose(1, 2)
         cos, sin = self.rope.cos_sin(ctx.positions, q.dtype)
         q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
-        attn = ctx.attend(q, k, v).transpose(1, 2).reshape(b, n, s.num_heads * s.head_dim)
+        attn = ctx.attend(q, k, v, self.scale, self.softcap)
+        attn = attn.transpose(1, 2).reshape(b, n, s.num_heads * s.head_dim)
         return self._norm(self._linear(attn, w, "self_attn.o_proj"), w, "post_attention")
 
     def _qk_norm(self, q, k, w):
         """q, k as projected ([b, n, heads x head_dim]), normalised as QK_NORM says."""
         if self.QK_NORM is None:
             return q, k
-        eps, out = self.spec.arch.rms_norm_eps, []
+        out = []
         for x, name in ((q, "q_norm"), (k, "k_norm")):
             weight = w[f"{self.p}self_attn.{name}.weight"]
             if self.QK_NORM == "head":  # over each head's dimensions
-                x = rms_norm(x.unflatten(-1, (-1, self.spec.head_dim)), weight, eps).flatten(-2)
+                x = self._rms_norm(x.unflatten(-1, (-1, self.spec.head_dim)), weight).flatten(-2)
             else:
-                x = rms_norm(x, weight, eps)
+                x = self._rms_norm(x, weight)
             out.append(x)
         return tuple(out)
 
     def _mlp(self, h, w):
-        x = self._norm(h, w, "pre_mlp")
-        gated = self.act(self._linear(x, w, "mlp.gate_proj"))
-        up = self._linear(x, w, "mlp.up_proj")
-        del x
-        gated.mul_(up)  # the product in place: two MLP-wide tensors at most, then one
-        del up
+        gated = self._gated(self._norm(h, w, "pre_mlp"), w)
         return self._norm(self._linear(gated, w, "mlp.down_proj"), w, "post_mlp")
 
 
 class Head:
     kind = "head"
     name = "head"
+    NORM_OFFSET = 0.0  # as the decoder's
 
     def __init__(self, spec: ModelSpec):
         self.spec = spec
@@ -283,9 +309,10 @@ class Head:
 
     def weight_specs(self):
         s = self.spec
-        return [WeightSpec("model.norm.weight", (s.hidden_size,), "ones"),
+        return [WeightSpec("model.norm.weight", (s.hidden_size,), "zeros" if self.NORM_OFFSET else "ones"),
                 WeightSpec(self.lm_head, (s.vocab_size, s.hidden_size))]
 
     def forward(self, h, w, ctx):
-        x = rms_norm(selected_rows(h, ctx.select), w["model.norm.weight"], self.spec.arch.rms_norm_eps)
+        x = rms_norm(selected_rows(h, ctx.select), w["model.norm.weight"], self.spec.arch.rms_norm_eps,
+                     self.NORM_OFFSET)
         return F.linear(x, w[self.lm_head])

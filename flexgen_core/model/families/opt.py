@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..layers import WeightSpec, lookup, selected_rows
-from ..spec import ModelSpec
+from ..layers import WeightSpec, activation, lookup, selected_rows
+from ..spec import ModelSpec, hf_fields
 
 MODEL_TYPES = ("opt",)
 ARCHITECTURES = ("OPTForCausalLM",)
@@ -22,32 +22,18 @@ class OptSettings:
     do_layer_norm_before: bool = True  # pre-LayerNorm; False: post-LayerNorm and no final norm (opt-350m)
 
 
-_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
-
-
 def spec_from_config(config: dict, name: str = "") -> ModelSpec:
     act = config.get("activation_function", "relu")
-    if act not in _ACTIVATIONS:
-        raise ValueError(f"unsupported OPT activation_function {act!r}")
+    activation(act)
     if not config.get("enable_bias", True) or not config.get("layer_norm_elementwise_affine", True):
         raise ValueError("OPT variants without biases or affine layer norms are not supported")
-    eos = config.get("eos_token_id", 2)
     hidden = config["hidden_size"]
     return ModelSpec(
         family="opt",
-        vocab_size=config["vocab_size"],
-        hidden_size=hidden,
-        num_layers=config["num_hidden_layers"],
-        num_heads=config["num_attention_heads"],
+        **hf_fields(config, name, eos=2),
         num_kv_heads=config["num_attention_heads"],
         ffn_size=config["ffn_dim"],
-        max_seq_len=config.get("max_position_embeddings", 2048),
-        tie_embeddings=config.get("tie_word_embeddings", True),
         hidden_act=act,
-        bos_token_id=config.get("bos_token_id"),
-        eos_token_ids=tuple(eos) if isinstance(eos, list) else (eos,),
-        pad_token_id=config.get("pad_token_id"),
-        name=name or config.get("_name_or_path", ""),
         arch=OptSettings(word_embed_proj_dim=config.get("word_embed_proj_dim", hidden),
                          do_layer_norm_before=config.get("do_layer_norm_before", True)),
     )
@@ -88,7 +74,7 @@ class DecoderLayer:
         self.spec, self.index = spec, index
         self.name = f"layer{index}"
         self.p = f"{PREFIX}layers.{index}."
-        self.act = _ACTIVATIONS[spec.hidden_act or "relu"]
+        self.act = activation(spec.hidden_act or "relu")
 
     def weight_specs(self):
         s, p, h = self.spec, self.p, self.spec.hidden_size
