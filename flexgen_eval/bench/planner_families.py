@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -80,13 +81,14 @@ def run(args) -> int:
     os.makedirs(args.out_dir, exist_ok=True)
     command = "flexgen-eval planner-families" + (f" --models {args.models}" if args.models != ",".join(MODELS) else "")
     with open(os.path.join(args.out_dir, "planner_families.json"), "w") as f:
-        json.dump({"command": command, "date": stamp, "commit": commit, "rows": records,
+        json.dump({"command": command, "date": stamp, "commit": commit, "machine": platform.node(), "rows": records,
                    "hardware_profiles": {h: load_profile(h).to_dict() for h in HARDWARE}}, f, indent=2)
         f.write("\n")
     budgets = "; ".join(f"{h}: " + ", ".join(f"{t} {v if isinstance(v, str) else format_size(v)}"
                                              for t, v in budget(load_profile(h))[0].items()) for h in HARDWARE)
     with open(os.path.join(args.out_dir, "planner_families.md"), "w") as f:
-        f.write(TEMPLATE.format(command=command, date=stamp, commit=commit or "uncommitted", budgets=budgets,
+        f.write(TEMPLATE.format(command=command, date=stamp, commit=commit or "uncommitted", machine=platform.node(),
+                                budgets=budgets,
                                 rows="\n".join(rows)))
     print(f"wrote {args.out_dir}/planner_families.md and planner_families.json", file=sys.stderr)
     return 0
@@ -94,7 +96,8 @@ def run(args) -> int:
 
 TEMPLATE = """# The planner on each built-in family size (t4 and a100-80g presets)
 
-Command: `{command}` (writes this file and `planner_families.json`); {date}, on top of commit {commit}.
+Command: `{command}` (writes this file and `planner_families.json`); {date}, on top of commit {commit},
+computed on {machine} (a CPU VM; the numbers depend only on the presets).
 Each row is `flexgen-eval plan --model M --hardware H --prompt-len P --gen-len G [...]` (each row's exact
 command is in the JSON): pure cost-model arithmetic from the preset's hardware constants, nothing run on a GPU. fp16
 weights and cache, no compression; each preset's own memory, and for a preset that names only its GPU
