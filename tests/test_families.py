@@ -216,3 +216,23 @@ def test_an_8_bit_ring_stays_within_rounding_of_fp32(tmp_path):
     for want, got in zip(outs[None], outs[8]):
         assert got.outputs[0].token_ids == want.outputs[0].token_ids
         assert got.outputs[0].logprobs == pytest.approx(want.outputs[0].logprobs, abs=0.1)
+
+
+@pytest.mark.parametrize("name", ["pythia-12b", "phi-3-medium", "qwen3-14b", "qwen3-32b", "olmo-2-13b", "olmo-2-32b",
+                                  "gemma-2-27b", "gemma-3-27b"])
+def test_built_in_sizes_are_what_hf_builds_from_them(name):
+    """Each built-in config, read by HF (as `bench` does for its baselines), builds a model of exactly
+    the parameters the planner counts (on the meta device: no memory)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from flexgen_core.model.spec import BUILTIN_CONFIGS
+    from flexgen_core.planning.sizes import model_sizes
+
+    cfg = dict(BUILTIN_CONFIGS[name])
+    config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    spec = ModelSpec.from_name(name)
+    assert model_sizes(spec).weight_values() == sum(p.numel() for p in model.parameters())
+    assert ModelSpec.from_hf_config(config.to_dict(), name=name).windows() == spec.windows()
