@@ -113,3 +113,38 @@ def test_cpu_attention_as_typed_is_a_share_or_one_clear_error():
     for bad in ("1.5", "-0.1", "sometimes", None):
         with pytest.raises(ValueError, match="cpu_attention must be true, false or a share in"):
             parse_cpu_attention(bad)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda llm: llm.score([([5, 6], [49153])]), r"pair 0 has token ids outside the vocabulary .*\[49153\]"),
+    (lambda llm: llm.score_choices([([5, 6], [[7], [300, 49153]])]), r"group 0 has token ids outside"),
+    (lambda llm: llm.prompt_logprobs([[5, 6, 49153]]), r"prompt 0 has token ids outside"),
+    (lambda llm: llm.generate([[5, 3.7]]), r"prompt 0 has token ids that are not integers: \[3.7\]"),
+    (lambda llm: llm.score([([5, 6.0], [7])]), r"not integers"),
+    (lambda llm: llm.generate([[5, 6]], SamplingParams(top_logprobs=10**6)), r"top_logprobs is 1000000, more than"),
+    (lambda llm: llm.generate([[5, 6]], SamplingParams(stop_token_ids=[10**6])), r"stop_token_ids has token ids out"),
+])
+def test_ids_and_options_that_would_reach_torch_are_refused_first(llm, call, message):
+    stats = llm.memory_stats()
+    with pytest.raises(ValueError, match=message):
+        call(llm)
+    assert llm.memory_stats()["read"] == stats["read"]  # refused before any compute
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "0.7"])
+def test_temperature_must_be_a_finite_number(value):
+    with pytest.raises(ValueError, match="temperature must be a finite number"):
+        SamplingParams(temperature=value)
+
+
+@pytest.mark.parametrize("field", ["top_k", "top_logprobs", "seed"])
+def test_integer_sampling_options_must_be_integers(field):
+    with pytest.raises(ValueError, match=f"{field} must be an integer"):
+        SamplingParams(**{field: 2.5})
+
+
+def test_a_config_without_a_needed_field_names_it(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 100,
+                                                      "num_hidden_layers": 2, "num_attention_heads": 4}))
+    with pytest.raises(ValueError, match=r"the llama config of '.*' lacks 'hidden_size', which it needs"):
+        ModelSpec.from_dir(str(tmp_path))

@@ -54,7 +54,13 @@ class ModelSpec:
     # -- construction -------------------------------------------------------------
     @classmethod
     def from_hf_config(cls, config: dict, name: str = "") -> "ModelSpec":
-        return family_for_config(config).spec_from_config(config, name=name)
+        family = family_for_config(config)
+        try:
+            return family.spec_from_config(config, name=name)
+        except KeyError as e:  # a field the family cannot do without
+            raise ValueError(f"the {config.get('model_type') or family.__name__.split('.')[-1]} config "
+                             f"{('of ' + repr(name) + ' ') if name else ''}lacks {e.args[0]!r}, which it needs; "
+                             "is config.json complete?") from None
 
     @classmethod
     def from_dir(cls, path: str) -> "ModelSpec":

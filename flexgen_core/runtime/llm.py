@@ -5,6 +5,7 @@ import logging
 import os
 import time
 
+import numpy as np
 import torch
 
 from ..memory.compression import QuantConfig
@@ -184,6 +185,10 @@ class LLM:
                  on_block: OnBlock | None = None) -> list[RequestOutput]:
         params = params or SamplingParams()
         self._check_prompts(prompts, extra=params.max_new_tokens)
+        if params.top_logprobs > self.spec.vocab_size:
+            raise ValueError(f"SamplingParams.top_logprobs is {params.top_logprobs}, more than the vocabulary's "
+                             f"{self.spec.vocab_size} tokens")
+        self._check_ids(params.stop_token_ids, "SamplingParams.stop_token_ids")
         if params.stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer, and this model was loaded without one")
         # Greedy completions are identical: compute one, copy it n times.
@@ -233,10 +238,11 @@ class LLM:
     def score(self, pairs: list[tuple[list[int], list[int]]], on_block: OnBlock | None = None) -> list[ScoreOutput]:
         """Log-probs of each continuation given its context, and whether greedy decoding would produce it."""
         rows, targets = [], []
-        for context, continuation in pairs:
+        for i, (context, continuation) in enumerate(pairs):
             if not context or not continuation:
                 raise ValueError("score() needs a non-empty context and a non-empty continuation for every pair")
             seq = list(context) + list(continuation)
+            self._check_ids(seq, f"pair {i}")
             rows.append(seq[:-1])
             targets.append([(len(context) - 1 + i, tok) for i, tok in enumerate(continuation)])
         scored = [None] * len(rows)
@@ -251,6 +257,7 @@ class LLM:
         for g, (context, continuations) in enumerate(groups):
             if not context or not continuations or any(not c for c in continuations):
                 raise ValueError("score_choices() needs a non-empty context and non-empty continuations in every group")
+            self._check_ids(list(context) + [t for c in continuations for t in c], f"group {g}")
             packs_of.append([])
             for pack in pack_choices(list(context), [list(c) for c in continuations], self.spec.max_seq_len):
                 packs_of[g].append((len(rows), pack.owners))
@@ -277,6 +284,7 @@ class LLM:
         """Per-token log-probs of each prompt; the first token has none. Prompts that start alike
         (one question with each of its answers, as HELM's separate multiple-choice methods send
         them) are packed into one row per group, so the shared start is computed once."""
+        self._check_prompts(prompts)
         rows, targets, positions, segments, owners, groups = [], [], [], [], [], []
         for g, (members, shared) in enumerate(prefix_groups(prompts, SHARED_PREFIX_MIN if self.share_prefixes
                                                             else None)):
@@ -375,9 +383,17 @@ class LLM:
                 raise ValueError(
                     f"prompt {i} has {len(p)} tokens; with {extra} new tokens that exceeds the model context of {limit}"
                 )
-            bad = [t for t in p if not 0 <= int(t) < self.spec.vocab_size]
-            if bad:
-                raise ValueError(f"prompt {i} has token ids outside the vocabulary (size {self.spec.vocab_size}): {bad[:5]}")
+            self._check_ids(p, f"prompt {i}")
+
+    def _check_ids(self, ids, what: str):
+        """Token ids are integers within the vocabulary: a float would be truncated silently, and an id
+        past the vocabulary indexes past the embedding (on CUDA, an assert that poisons the process)."""
+        wrong = [t for t in ids if isinstance(t, bool) or not isinstance(t, (int, np.integer))]
+        if wrong:
+            raise ValueError(f"{what} has token ids that are not integers: {wrong[:5]}")
+        bad = [int(t) for t in ids if not 0 <= t < self.spec.vocab_size]
+        if bad:
+            raise ValueError(f"{what} has token ids outside the vocabulary (size {self.spec.vocab_size}): {bad[:5]}")
 
     def _pad_id(self) -> int:
         return self.spec.pad_token_id if self.spec.pad_token_id is not None else 0

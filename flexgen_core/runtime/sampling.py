@@ -1,6 +1,7 @@
 """Sampling parameters and token choice: greedy, temperature, top-k, top-p, seeded per row."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -27,12 +28,14 @@ class SamplingParams:
             raise ValueError(f"SamplingParams.n must be an integer >= 1, got {self.n!r}")
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValueError(f"SamplingParams.max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
-        if self.temperature < 0:
-            raise ValueError(f"SamplingParams.temperature must be >= 0, got {self.temperature!r}")
-        if not 0.0 < self.top_p <= 1.0:
+        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"SamplingParams.temperature must be a finite number >= 0, got {self.temperature!r}")
+        if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p!r}")
-        if self.top_k < 0 or self.top_logprobs < 0:
-            raise ValueError("SamplingParams.top_k and top_logprobs must be >= 0")
+        for name in ("top_k", "top_logprobs", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"SamplingParams.{name} must be an integer >= 0, got {value!r}")
         if any(not s for s in self.stop):
             raise ValueError("SamplingParams.stop strings must be non-empty")
 
