@@ -16,7 +16,7 @@ import torch
 
 from ..model.attention import cpu_decode_attention_rows, decode_attention_rows, sparse_decode_attention_rows
 from .compression import QuantConfig, dequantize, quantize
-from .tiers import TieredRows, TierSet
+from .tiers import TieredRows, TierSet, check_free_space
 
 
 @dataclass
@@ -43,14 +43,22 @@ class BlockCache:
         # every row on the compute device, uncompressed: loads are views of the cache itself
         self.resident = percents[0] >= 100 and quant is None
         width, store_dtype = (head_dim, dtype) if quant is None else (quant.packed_bytes(head_dim), torch.uint8)
+        shapes = {}
         for j in range(num_layers):
             window = windows[j] if windows else None
             for k, (b, max_len) in enumerate(batch_shapes):  # (sequences, cache positions) per GPU batch
                 slots = self.slots[j, k] = max_len if window is None else min(max_len, window)
-                shape = (b * num_kv_heads, slots, width)
-                self.entries[j, k] = tuple(
-                    TieredRows(tiers, shape, store_dtype, percents, f"{kind}{j}-{k}") for kind in "kv"
-                )
+                shapes[j, k] = (b * num_kv_heads, slots, width)
+        on_disk = 2 * sum(TieredRows.disk_bytes(shape, store_dtype, percents) for shape in shapes.values())
+        if on_disk:  # the whole block's cache, before any of it is written
+            check_free_space(tiers.scratch_dir, on_disk, "the KV cache of this block (its disk share)")
+        try:
+            for key, shape in shapes.items():
+                self.entries[key] = tuple(TieredRows(tiers, shape, store_dtype, percents, f"{kind}{key[0]}-{key[1]}")
+                                          for kind in "kv")
+        except BaseException:
+            self.free()  # nothing of a cache that could not be made stays on any tier
+            raise
 
     # -- encoding ------------------------------------------------------------------------
     def decode(self, stored: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ memory and prove that the disk was really read.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import shutil
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..units import format_size
 from .pinned import PinnedPool
 
 TIERS = ("gpu", "cpu", "disk")  # "gpu" is the compute device; the CPU when there is no GPU
@@ -36,6 +38,29 @@ class TierStats:
 
     def as_dict(self) -> dict:
         return {k: {t: int(getattr(self, k)[t]) for t in TIERS} for k in ("resident", "peak", "read", "written")}
+
+
+class DiskFull(OSError):
+    """Not enough free space in the offload directory: says where, how much was needed and how much
+    was free, and what to change. Raised before anything is written where the need is known."""
+
+    def __init__(self, what: str, directory: str, needed: int, free: int):
+        super().__init__(errno.ENOSPC, f"{what} needs {format_size(needed)} in {directory}, which has "
+                                       f"{format_size(free)} free: free space there, point offload_dir at a "
+                                       "larger disk, or put less on disk (a smaller disk share in the policy, "
+                                       "or a smaller disk budget)")
+        self.directory, self.needed, self.free = directory, needed, free
+
+
+def free_bytes(directory: str) -> int:
+    return int(shutil.disk_usage(directory).free)
+
+
+def check_free_space(directory: str, needed: int, what: str):
+    """Refuse up front what the disk cannot hold."""
+    free = free_bytes(directory)
+    if needed > free:
+        raise DiskFull(what, directory, needed, free)
 
 
 def split_rows(rows: int, percents) -> list[int]:
@@ -149,9 +174,25 @@ class DiskArray:
         self.path, self.shape, self.dtype = path, tuple(shape), dtype
         self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
         if create:
-            with open(path, "wb") as f:
-                f.truncate(self.nbytes)
+            self._allocate()
         self._map = None
+
+    def _allocate(self):
+        """The file's blocks allocated for real: a sparse file's memory map takes the disk's blocks
+        as it is written, and a full disk then kills the process with SIGBUS instead of raising."""
+        directory = os.path.dirname(self.path) or "."
+        check_free_space(directory, self.nbytes, f"{os.path.basename(self.path)} ({tuple(self.shape)})")
+        try:
+            with open(self.path, "wb") as f:
+                if self.nbytes and hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(f.fileno(), 0, self.nbytes)
+                else:
+                    f.truncate(self.nbytes)
+        except OSError as e:
+            self.remove()
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFull(os.path.basename(self.path), directory, self.nbytes, free_bytes(directory)) from None
+            raise
 
     @property
     def tensor(self) -> torch.Tensor:
@@ -197,16 +238,29 @@ class DiskArray:
         """Write the whole file. Durable (weights, reused across runs) waits for the disk; a
         transient write (activations) lets the kernel write back in its own time."""
         data = value.contiguous().cpu().view(torch.uint8).numpy()
-        with open(self.path, "wb") as f:
-            f.write(memoryview(data).cast("B"))
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-            if hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        try:  # into the allocated file, not truncating it (its blocks stay ours)
+            with open(self.path, "r+b" if os.path.exists(self.path) else "wb") as f:
+                f.write(memoryview(data).cast("B"))
+                f.flush()
+                if durable:
+                    os.fsync(f.fileno())
+                if hasattr(os, "posix_fadvise"):
+                    os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                directory = os.path.dirname(self.path) or "."
+                raise DiskFull(os.path.basename(self.path), directory, data.nbytes, free_bytes(directory)) from None
+            raise
 
     def close(self):
         self._map = None
+
+    def remove(self):
+        self._map = None
+        try:
+            os.remove(self.path)
+        except FileNotFoundError:
+            pass
 
 
 class TieredRows:
@@ -218,19 +272,30 @@ class TieredRows:
         self.itemsize = torch.empty((), dtype=dtype).element_size()
         counts = split_rows(self.shape[0], percents)
         self.parts: list[tuple[str, int, int, object]] = []  # (tier, first row, end row, storage)
+        self.scratch = disk_path is None  # its disk file is this run's alone: removed when freed
         start = 0
-        for tier, n in zip(TIERS, counts):
-            if n == 0:
-                continue
-            shape_t = (n,) + self.shape[1:]
-            if tier == "disk":
-                path = disk_path or tiers.scratch_path(name)
-                storage = DiskArray(path, shape_t, dtype, create=not (disk_path and os.path.exists(disk_path)))
-            else:
-                storage = tiers.memory(tier, shape_t, dtype)
-            tiers.allocated(tier, n * self.row_elems * self.itemsize)
-            self.parts.append((tier, start, start + n, storage))
-            start += n
+        try:
+            for tier, n in zip(TIERS, counts):
+                if n == 0:
+                    continue
+                shape_t = (n,) + self.shape[1:]
+                if tier == "disk":
+                    path = disk_path or tiers.scratch_path(name)
+                    storage = DiskArray(path, shape_t, dtype, create=not (disk_path and os.path.exists(disk_path)))
+                else:
+                    storage = tiers.memory(tier, shape_t, dtype)
+                tiers.allocated(tier, n * self.row_elems * self.itemsize)
+                self.parts.append((tier, start, start + n, storage))
+                start += n
+        except BaseException:
+            self.free()
+            raise
+
+    @staticmethod
+    def disk_bytes(shape, dtype, percents) -> int:
+        """Bytes a TieredRows of this shape and placement puts in its file."""
+        row = int(np.prod(tuple(shape)[1:], dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
+        return split_rows(shape[0], percents)[2] * row
 
     def rows_on(self, tier: str) -> int:
         return sum(end - start for t, start, end, _ in self.parts if t == tier)
@@ -381,7 +446,9 @@ class TieredRows:
     def free(self):
         for tier, start, end, storage in self.parts:
             self.tiers.released(tier, (end - start) * self.row_elems * self.itemsize)
-            if isinstance(storage, DiskArray):
+            if isinstance(storage, DiskArray) and self.scratch:
+                storage.remove()
+            elif isinstance(storage, DiskArray):
                 storage.close()
             else:
                 self.tiers.free_memory(tier, storage)

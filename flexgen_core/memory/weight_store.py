@@ -17,7 +17,7 @@ import torch
 from ..model.checkpoint import CheckpointReader
 from ..model.layers import WeightSpec, storage_plan
 from .compression import QuantConfig, dequantize, quantize
-from .tiers import DiskArray, TieredRows, TierSet, split_rows
+from .tiers import DiskArray, TieredRows, TierSet, check_free_space, split_rows
 
 
 class LayerLayout:
@@ -111,29 +111,50 @@ class WeightStore:
         self.buffers: list[TieredRows] = []
         key = source.cache_key(dtype, self.percents, quant)
         encoded: dict = {}  # dummy layers of one layout share their bytes
+        folder = os.path.join(tiers.offload_dir, "weights", key)
+        plan = []  # per layer: its layout, disk file, bytes per tier and whether a valid file is there already
         for layer, (streamed, tables) in zip(layers, storage_plan(layers)):
             layout = LayerLayout(streamed, tables, dtype, quant)
-            disk_path = os.path.join(tiers.offload_dir, "weights", key, f"{layer.name}.bin")
-            os.makedirs(os.path.dirname(disk_path), exist_ok=True)
+            disk_path = os.path.join(folder, f"{layer.name}.bin")
             counts = split_rows(layout.nbytes, self.percents)
-            reusable = counts[2] > 0 and _valid_file(disk_path, counts[2])
-            buffer = TieredRows(tiers, (layout.nbytes,), torch.uint8, self.percents, f"w-{layer.name}",
-                                disk_path=disk_path if counts[2] else None)
-            if layout.nbytes and not (reusable and counts[0] + counts[1] == 0):
-                flat = source.encoded(layout, encoded)
-                for tier, start, end, storage in buffer.parts:
-                    if isinstance(storage, DiskArray):
-                        if not reusable:
-                            _unmark(disk_path)  # a crash mid-write must not leave a valid-looking file
-                            storage.write_all(flat[start:end])
-                            _mark_valid(disk_path, end - start)
-                    else:
-                        storage.copy_(flat[start:end])
-                del flat
-            self.layouts.append(layout)
-            self.buffers.append(buffer)
-            if progress is not None:
-                progress.update(1)
+            plan.append((layer, layout, disk_path, counts, counts[2] > 0 and _valid_file(disk_path, counts[2])))
+        to_write = sum(counts[2] for *_, counts, reusable in plan if not reusable)
+        if to_write:  # checked where the folder will be, before anything is made
+            check_free_space(tiers.offload_dir, to_write, f"the weights' disk share ({self.percents[2]:g}%)")
+            os.makedirs(folder, exist_ok=True)
+        created = []  # files this load writes: removed again if it fails
+        try:
+            for layer, layout, disk_path, counts, reusable in plan:
+                if counts[2] and not reusable:
+                    created.append(disk_path)
+                    if os.path.exists(disk_path):  # a stale or partial copy: allocated afresh at its size
+                        os.remove(disk_path)
+                buffer = TieredRows(tiers, (layout.nbytes,), torch.uint8, self.percents, f"w-{layer.name}",
+                                    disk_path=disk_path if counts[2] else None)
+                self.layouts.append(layout)
+                self.buffers.append(buffer)
+                if layout.nbytes and not (reusable and counts[0] + counts[1] == 0):
+                    flat = source.encoded(layout, encoded)
+                    for tier, start, end, storage in buffer.parts:
+                        if isinstance(storage, DiskArray):
+                            if not reusable:
+                                _unmark(disk_path)  # a crash mid-write must not leave a valid-looking file
+                                storage.write_all(flat[start:end])
+                                _mark_valid(disk_path, end - start)
+                        else:
+                            storage.copy_(flat[start:end])
+                    del flat
+                if progress is not None:
+                    progress.update(1)
+        except BaseException:
+            self.free()
+            for path in created:  # a failed load leaves no partial copy of the weights behind
+                _unmark(path)
+                if os.path.exists(path):
+                    os.remove(path)
+            if os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
+            raise
         home = {entry[0].name: (j, entry) for j, layout in enumerate(self.layouts) for entry in layout.entries}
         self.tables = []  # per layer: {name: RowTable} of the tables it looks up
         for layer in layers:
