@@ -22,6 +22,7 @@ import torch
 
 from ..units import format_size
 from .pinned import PinnedPool
+from .scratch import DEFAULT_PREFIX, SCRATCH_PREFIX, end_on_sigterm_like_ctrl_c, make_owned_dir, remove_orphans
 
 TIERS = ("gpu", "cpu", "disk")  # "gpu" is the compute device; the CPU when there is no GPU
 
@@ -107,9 +108,13 @@ class TierSet:
         self.device = torch.device(device)
         self.on_cuda = self.device.type == "cuda"
         self._own_dir = offload_dir is None
-        self.offload_dir = offload_dir or tempfile.mkdtemp(prefix="flexgen-offload-")
-        os.makedirs(self.offload_dir, exist_ok=True)
-        self.scratch_dir = tempfile.mkdtemp(prefix="scratch-", dir=self.offload_dir)
+        remove_orphans(tempfile.gettempdir(), DEFAULT_PREFIX)  # what killed runs left behind
+        if offload_dir is not None:
+            os.makedirs(offload_dir, exist_ok=True)
+            remove_orphans(offload_dir, SCRATCH_PREFIX)
+        self.offload_dir = offload_dir or make_owned_dir(DEFAULT_PREFIX)
+        self.scratch_dir = make_owned_dir(SCRATCH_PREFIX, self.offload_dir)
+        end_on_sigterm_like_ctrl_c()
         # also at interpreter exit: lm_eval and helm-run end without closing the model
         self._remove_files = weakref.finalize(self, shutil.rmtree, self.offload_dir if self._own_dir else self.scratch_dir,
                                               ignore_errors=True)

@@ -1,0 +1,82 @@
+"""Scratch directories owned by one process: marked with their owner, removed when it ends (exit,
+Ctrl-C, SIGTERM, close) and, when it was killed outright (SIGKILL, out of memory), by the next
+process that starts where it left them. A directory without an owner mark is never touched."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+
+import psutil
+
+log = logging.getLogger("flexgen")
+
+OWNER_FILE = "flexgen-owner.json"
+DEFAULT_PREFIX = "flexgen-offload-"  # an offload directory of our own, in the system's temp dir
+SCRATCH_PREFIX = "scratch-"  # a process's scratch inside an offload directory
+
+
+def _me() -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": psutil.Process().create_time()}
+
+
+def make_owned_dir(prefix: str, parent: str | None = None) -> str:
+    path = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    with open(os.path.join(path, OWNER_FILE), "w") as f:
+        json.dump(_me(), f)
+    return path
+
+
+def owner_alive(owner: dict) -> bool:
+    if owner.get("host") != socket.gethostname():
+        return True  # another machine's, on a shared disk: not ours to judge
+    try:
+        started = psutil.Process(int(owner["pid"])).create_time()
+    except (psutil.NoSuchProcess, KeyError, ValueError):
+        return False
+    except psutil.Error:  # exists, but we may not look at it
+        return True
+    return abs(started - float(owner.get("started", started))) < 1.0  # else its pid was reused
+
+
+def remove_orphans(parent: str, prefix: str) -> list[str]:
+    """Remove the directories `parent/prefix*` whose owner process is gone; the paths removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(prefix) or not entry.is_dir(follow_symlinks=False):
+            continue
+        try:
+            with open(os.path.join(entry.path, OWNER_FILE)) as f:
+                owner = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if not owner_alive(owner):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.path)
+    if removed:
+        log.info("removed %d scratch director%s left by processes that are gone: %s", len(removed),
+                 "y" if len(removed) == 1 else "ies", ", ".join(removed))
+    return removed
+
+
+def end_on_sigterm_like_ctrl_c():
+    """SIGTERM (as `timeout`, Slurm and `docker stop` send it) ends the process the way Ctrl-C does,
+    so exit handlers run and remove its scratch. Only from the main thread, and only where nobody
+    else handles SIGTERM."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_on_signal)
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)
