@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "flexgen_eval.commands.helm_config",
     "flexgen_eval.commands.bench",
     "flexgen_eval.commands.measure",
+    "flexgen_eval.commands.cache",
 ]
 
 

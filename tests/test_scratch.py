@@ -37,7 +37,7 @@ def left_behind(parent, prefix, owner) -> str:
 
 
 def test_scratch_of_processes_that_are_gone_is_removed_at_start(tmp_path):
-    me = scratch._me()
+    me = scratch.this_process()
     gone = left_behind(tmp_path, scratch.SCRATCH_PREFIX, {**me, "pid": dead_pid()})
     reused = left_behind(tmp_path, scratch.SCRATCH_PREFIX, {**me, "started": me["started"] - 3600})  # pid reused
     alive = left_behind(tmp_path, scratch.SCRATCH_PREFIX, me)

@@ -21,15 +21,24 @@ DEFAULT_PREFIX = "flexgen-offload-"  # an offload directory of our own, in the s
 SCRATCH_PREFIX = "scratch-"  # a process's scratch inside an offload directory
 
 
-def _me() -> dict:
+def this_process() -> dict:
     return {"pid": os.getpid(), "host": socket.gethostname(), "started": psutil.Process().create_time()}
 
 
 def make_owned_dir(prefix: str, parent: str | None = None) -> str:
     path = tempfile.mkdtemp(prefix=prefix, dir=parent)
     with open(os.path.join(path, OWNER_FILE), "w") as f:
-        json.dump(_me(), f)
+        json.dump(this_process(), f)
     return path
+
+
+def read_owner(path: str) -> dict | None:
+    """The owner mark of a directory, or None when it has none (not ours)."""
+    try:
+        with open(os.path.join(path, OWNER_FILE)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def owner_alive(owner: dict) -> bool:
@@ -54,12 +63,8 @@ def remove_orphans(parent: str, prefix: str) -> list[str]:
     for entry in entries:
         if not entry.name.startswith(prefix) or not entry.is_dir(follow_symlinks=False):
             continue
-        try:
-            with open(os.path.join(entry.path, OWNER_FILE)) as f:
-                owner = json.load(f)
-        except (OSError, ValueError):
-            continue
-        if not owner_alive(owner):
+        owner = read_owner(entry.path)
+        if owner is not None and not owner_alive(owner):
             shutil.rmtree(entry.path, ignore_errors=True)
             removed.append(entry.path)
     if removed:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 
 import torch
@@ -18,6 +19,9 @@ from ..model.checkpoint import CheckpointReader
 from ..model.layers import WeightSpec, storage_plan
 from .compression import QuantConfig, dequantize, quantize
 from .tiers import DiskArray, TieredRows, TierSet, check_free_space, split_rows
+from .weight_copies import end_use, folder_bytes, keep_limit, prune, record_use
+
+log = logging.getLogger("flexgen")
 
 
 class LayerLayout:
@@ -155,6 +159,14 @@ class WeightStore:
             if os.path.isdir(folder) and not os.listdir(folder):
                 os.rmdir(folder)
             raise
+        self.copy_folder = folder if any(counts[2] for *_, counts, _ in plan) else None
+        if self.copy_folder:  # kept for later runs: say what it is, and keep the directory under its cap
+            description = {"model": source.identity, "dtype": str(dtype).split(".")[-1], "split": list(self.percents),
+                           "compression": None if quant is None else f"{quant.bits}-bit, groups of {quant.group_size}"}
+            record_use(folder, {**description, "bytes": folder_bytes(folder)})
+            for gone in prune(tiers.offload_dir, keep_limit(folder_bytes(folder)), spare=folder):
+                log.info("removed the least recently used weight copy %s (%s, split %s)", gone.path,
+                         gone.about.get("model", "?"), gone.about.get("split", "?"))
         home = {entry[0].name: (j, entry) for j, layout in enumerate(self.layouts) for entry in layout.entries}
         self.tables = []  # per layer: {name: RowTable} of the tables it looks up
         for layer in layers:
@@ -196,6 +208,9 @@ class WeightStore:
         for buffer in self.buffers:
             buffer.free()
         self.tables = [{} for _ in self.buffers]
+        if getattr(self, "copy_folder", None) and os.path.isdir(self.copy_folder):
+            end_use(self.copy_folder)
+        self.copy_folder = None
 
 
 def _marker(path: str) -> str:
