@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -84,3 +85,21 @@ def _no_strays():
     yield
     # a failed assertion above must not leave a holder's directory for other tests to find
     scratch.remove_orphans(tempfile.gettempdir(), scratch.DEFAULT_PREFIX)
+
+
+def test_a_killed_process_not_yet_reaped_counts_as_gone():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        import psutil
+
+        owner = {**scratch.this_process(), "pid": proc.pid, "started": psutil.Process(proc.pid).create_time()}
+        assert scratch.owner_alive(owner)
+        proc.kill()
+        for _ in range(100):  # until it is a zombie: dead, its parent (this test) not waiting yet
+            if psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE:
+                break
+            time.sleep(0.05)
+        assert not scratch.owner_alive(owner)
+    finally:
+        proc.kill()
+        proc.wait()

@@ -45,7 +45,10 @@ def owner_alive(owner: dict) -> bool:
     if owner.get("host") != socket.gethostname():
         return True  # another machine's, on a shared disk: not ours to judge
     try:
-        started = psutil.Process(int(owner["pid"])).create_time()
+        process = psutil.Process(int(owner["pid"]))
+        if process.status() == psutil.STATUS_ZOMBIE:  # killed, not yet reaped by its parent
+            return False
+        started = process.create_time()
     except (psutil.NoSuchProcess, KeyError, ValueError):
         return False
     except psutil.Error:  # exists, but we may not look at it
