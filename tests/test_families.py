@@ -43,6 +43,8 @@ FAMILIES = {
     "gpt-neox": dict(model_type="gpt_neox", rotary_pct=0.5, use_parallel_residual=True),
     "gpt-neox-sequential": dict(model_type="gpt_neox", rotary_pct=0.25, use_parallel_residual=False,
                                 hidden_act="gelu"),
+    # 2 of 4 experts per token
+    "mixtral": dict(model_type="mixtral", num_local_experts=4, num_experts_per_tok=2, intermediate_size=48),
 }
 
 
@@ -219,7 +221,7 @@ def test_an_8_bit_ring_stays_within_rounding_of_fp32(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["pythia-12b", "phi-3-medium", "qwen3-14b", "qwen3-32b", "olmo-2-13b", "olmo-2-32b",
-                                  "gemma-2-27b", "gemma-3-27b"])
+                                  "gemma-2-27b", "gemma-3-27b", "mixtral-8x7b"])
 def test_built_in_sizes_are_what_hf_builds_from_them(name):
     """Each built-in config, read by HF (as `bench` does for its baselines), builds a model of exactly
     the parameters the planner counts (on the meta device: no memory)."""

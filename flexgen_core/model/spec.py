@@ -205,6 +205,10 @@ BUILTIN_CONFIGS: dict[str, dict] = {
                    "intermediate_size": 20480, "max_position_embeddings": 2048, "rotary_pct": 0.25,
                    "rotary_emb_base": 10000, "use_parallel_residual": True, "layer_norm_eps": 1e-5,
                    "tie_word_embeddings": False, "bos_token_id": 0, "eos_token_id": 0},
+    # Mixtral-8x7B (mistralai/Mixtral-8x7B-v0.1): 2 of 8 SwiGLU experts per token
+    "mixtral-8x7b": _family("mixtral", "MixtralForCausalLM", _llama(4096, 32, 32, 8, 14336, max_pos=32768,
+                                                                     theta=1_000_000.0),
+                            num_local_experts=8, num_experts_per_tok=2),
     "smollm2-135m": _llama(576, 30, 9, 3, 1536, vocab=49152, max_pos=8192, theta=100000.0, tie=True,
                            bos=1, eos=2),
     "smollm2-135m-instruct": _llama(576, 30, 9, 3, 1536, vocab=49152, max_pos=8192, theta=100000.0,
