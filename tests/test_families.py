@@ -45,6 +45,10 @@ FAMILIES = {
                                 hidden_act="gelu"),
     # 2 of 4 experts per token
     "mixtral": dict(model_type="mixtral", num_local_experts=4, num_experts_per_tok=2, intermediate_size=48),
+    "qwen3-moe": dict(model_type="qwen3_moe", num_experts=4, num_experts_per_tok=2, moe_intermediate_size=40,
+                      head_dim=24, norm_topk_prob=True),
+    "olmoe": dict(model_type="olmoe", num_experts=4, num_experts_per_tok=2, intermediate_size=40,
+                  eos_token_id=2, pad_token_id=0),
 }
 
 
@@ -117,6 +121,11 @@ def test_what_is_refused_is_named():
                                   "text_config": base})
     with pytest.raises(ValueError, match="use_bidirectional_attention"):
         ModelSpec.from_hf_config({"model_type": "gemma3_text", **base, "use_bidirectional_attention": True})
+    moe = {**base, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32}
+    with pytest.raises(ValueError, match="mlp_only_layers, decoder_sparse_step"):
+        ModelSpec.from_hf_config({"model_type": "qwen3_moe", **moe, "mlp_only_layers": [0]})
+    with pytest.raises(ValueError, match="clip_qkv=8.0 is not supported"):
+        ModelSpec.from_hf_config({"model_type": "olmoe", **moe, "clip_qkv": 8.0})
     with pytest.raises(ValueError, match="unsupported activation 'relu6'"):
         ModelSpec.from_hf_config({"model_type": "gpt_neox", **base, "hidden_act": "relu6"})
 
@@ -221,7 +230,7 @@ def test_an_8_bit_ring_stays_within_rounding_of_fp32(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["pythia-12b", "phi-3-medium", "qwen3-14b", "qwen3-32b", "olmo-2-13b", "olmo-2-32b",
-                                  "gemma-2-27b", "gemma-3-27b", "mixtral-8x7b"])
+                                  "gemma-2-27b", "gemma-3-27b", "mixtral-8x7b", "qwen3-30b-a3b", "olmoe-1b-7b"])
 def test_built_in_sizes_are_what_hf_builds_from_them(name):
     """Each built-in config, read by HF (as `bench` does for its baselines), builds a model of exactly
     the parameters the planner counts (on the meta device: no memory)."""

@@ -209,6 +209,16 @@ BUILTIN_CONFIGS: dict[str, dict] = {
     "mixtral-8x7b": _family("mixtral", "MixtralForCausalLM", _llama(4096, 32, 32, 8, 14336, max_pos=32768,
                                                                      theta=1_000_000.0),
                             num_local_experts=8, num_experts_per_tok=2),
+    # Qwen3-30B-A3B: 8 of 128 experts of width 768, q/k norm per head
+    "qwen3-30b-a3b": _family("qwen3_moe", "Qwen3MoeForCausalLM",
+                             _llama(2048, 48, 32, 4, 6144, vocab=151936, max_pos=40960, theta=1_000_000.0, eps=1e-6,
+                                    bos=151643, eos=151645),
+                             head_dim=128, num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768,
+                             norm_topk_prob=True, attention_bias=False),
+    # OLMoE-1B-7B (allenai/OLMoE-1B-7B-0924): 8 of 64 experts, q/k norm over the projection
+    "olmoe-1b-7b": _family("olmoe", "OlmoeForCausalLM", _llama(2048, 16, 16, 16, 1024, vocab=50304, max_pos=4096,
+                                                                 bos=None, eos=50279),
+                           num_experts=64, num_experts_per_tok=8, norm_topk_prob=False, pad_token_id=1),
     "smollm2-135m": _llama(576, 30, 9, 3, 1536, vocab=49152, max_pos=8192, theta=100000.0, tie=True,
                            bos=1, eos=2),
     "smollm2-135m-instruct": _llama(576, 30, 9, 3, 1536, vocab=49152, max_pos=8192, theta=100000.0,

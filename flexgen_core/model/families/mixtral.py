@@ -22,29 +22,42 @@ class MoeSettings(llama.LlamaSettings):
     num_experts: int = 8
     experts_per_token: int = 2
     norm_topk_prob: bool = True  # renormalise the chosen experts' weights to sum to 1
+    expert_ffn_size: int = 0  # each expert's inner width
 
 
-def spec_from_config(config: dict, name: str = ""):
-    spec = llama.spec_from_config(config, name, family="mixtral")
-    return replace(spec, arch=MoeSettings(**asdict(spec.arch), num_experts=config["num_local_experts"],
-                                          experts_per_token=config["num_experts_per_tok"]))
+def spec_from_config(config: dict, name: str = "", family: str = "mixtral", experts: str = "num_local_experts",
+                     expert_ffn: str = "intermediate_size", norm_topk_prob: bool = True):
+    """A mixture-of-experts Llama; other families name their experts' count and width differently."""
+    if config.get("mlp_only_layers") or config.get("decoder_sparse_step", 1) != 1:
+        raise ValueError("a mix of dense and expert MLP layers (mlp_only_layers, decoder_sparse_step) is not "
+                         "supported yet: every layer must route to experts")
+    spec = llama.spec_from_config(config, name, family=family)
+    count = config.get(experts, config.get("num_local_experts"))  # transformers 5 saves num_local_experts
+    if count is None:
+        raise KeyError(experts)
+    return replace(spec, arch=MoeSettings(**asdict(spec.arch), num_experts=count,
+                                          experts_per_token=config["num_experts_per_tok"],
+                                          norm_topk_prob=config.get("norm_topk_prob", norm_topk_prob),
+                                          expert_ffn_size=config[expert_ffn]))
 
 
 def widths(spec):
     """One expert's working tensors at their widest, for every token of a batch at once (a batch
     routed to one expert in full), beside the router's logits."""
     base = llama.widths(spec)
-    return replace(base, mlp=base.mlp + spec.arch.num_experts)
+    return replace(base, mlp=3 * spec.arch.expert_ffn_size + spec.arch.num_experts)
 
 
 class DecoderLayer(llama.DecoderLayer):
-    MOE = "block_sparse_moe"
+    MOE = "block_sparse_moe"  # the checkpoint's name for the mixture, and for each expert's gate, up and down
+    EXPERT = ("w1", "w3", "w2")
 
     def _mlp_specs(self):
-        s, h, f = self.spec, self.spec.hidden_size, self.spec.ffn_size
+        s, h, f = self.spec, self.spec.hidden_size, self.spec.arch.expert_ffn_size
+        gate, up, down = self.EXPERT
         shapes = [("gate", (s.arch.num_experts, h))]
         for e in range(s.arch.num_experts):
-            shapes += [(f"experts.{e}.w1", (f, h)), (f"experts.{e}.w2", (h, f)), (f"experts.{e}.w3", (f, h))]
+            shapes += [(f"experts.{e}.{gate}", (f, h)), (f"experts.{e}.{up}", (f, h)), (f"experts.{e}.{down}", (h, f))]
         return self._projections(self.MOE, shapes, False)
 
     def _mlp(self, h, w):
@@ -69,10 +82,10 @@ class DecoderLayer(llama.DecoderLayer):
         return chosen, top
 
     def _expert(self, x, w, e):
-        p = f"{self.MOE}.experts.{e}."
-        gated = self.act(self._linear(x, w, p + "w1")).mul_(self._linear(x, w, p + "w3"))
-        return self._linear(gated, w, p + "w2")
+        p, (gate, up, down) = f"{self.MOE}.experts.{e}.", self.EXPERT
+        gated = self.act(self._linear(x, w, p + gate)).mul_(self._linear(x, w, p + up))
+        return self._linear(gated, w, p + down)
 
 
-def build_layers(spec):
-    return llama.build_layers(spec, DecoderLayer)
+def build_layers(spec, decoder=DecoderLayer):
+    return llama.build_layers(spec, decoder)
