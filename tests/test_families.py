@@ -247,3 +247,16 @@ def test_built_in_sizes_are_what_hf_builds_from_them(name):
     spec = ModelSpec.from_name(name)
     assert model_sizes(spec).weight_values() == sum(p.numel() for p in model.parameters())
     assert ModelSpec.from_hf_config(config.to_dict(), name=name).windows() == spec.windows()
+
+
+def test_an_expert_layer_computes_k_of_e_experts_per_token():
+    """The cost model's FLOPs per token count the router and k experts, as the runtime computes them; the
+    bytes it streams are still every expert's (they move with their layer)."""
+    from flexgen_core.planning.sizes import model_sizes
+
+    spec = ModelSpec.from_name("mixtral-8x7b")
+    h, f = 4096, 14336
+    attention = h * 4096 + 2 * h * 1024 + 4096 * h
+    decoder = model_sizes(spec).layers["decoder"]
+    assert decoder.matmul == attention + 8 * h + 2 * 3 * h * f
+    assert decoder.streamed == attention + 8 * h + 8 * 3 * h * f + 2 * h

@@ -31,6 +31,8 @@ class WeightSpec:
     # read by row index only (an embedding table): never streamed whole, only the rows a step
     # looks up are read from wherever the table lives
     lookup: bool = False
+    # share of a batch's tokens this matrix multiplies: an expert's k of E (each token routed to k)
+    token_share: float = 1.0
 
     @property
     def numel(self) -> int:
@@ -40,11 +42,11 @@ class WeightSpec:
         return n
 
 
-def linear_specs(prefix: str, shapes, bias: bool) -> list[WeightSpec]:
+def linear_specs(prefix: str, shapes, bias: bool, token_share: float = 1.0) -> list[WeightSpec]:
     """Weights (and biases, when the family has them) of linear maps: `shapes` is [(name, (out, in))]."""
     specs = []
     for name, shape in shapes:
-        specs.append(WeightSpec(f"{prefix}{name}.weight", shape))
+        specs.append(WeightSpec(f"{prefix}{name}.weight", shape, token_share=token_share))
         if bias:
             specs.append(WeightSpec(f"{prefix}{name}.bias", (shape[0],), "zeros"))
     return specs

@@ -22,7 +22,7 @@ KINDS = ("embed", "decoder", "head")
 class LayerSizes:
     streamed: int  # values loaded whole every step (lookup tables are read by row instead)
     stored: int  # values kept: what it streams and the lookup tables it owns
-    matmul: int  # values of its matrices, each multiplied with every token: FLOPs per token = 2x this
+    matmul: float  # values of its matrices, times the share of tokens each multiplies: FLOPs per token = 2x this
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def model_sizes(spec: ModelSpec) -> ModelSizes:
     for layer, (moving, tables) in zip(layers, storage_plan(layers)):
         count[layer.kind] += 1
         found = LayerSizes(streamed=sum(w.numel for w in moving), stored=sum(w.numel for w in moving + tables),
-                           matmul=sum(w.numel for w in moving if len(w.shape) == 2))
+                           matmul=sum(w.numel * w.token_share for w in moving if len(w.shape) == 2))
         if sizes.setdefault(layer.kind, found) != found:
             raise ValueError(f"{spec.family}: decoder layers of different sizes are not supported yet "
                              f"({layer.name}: {found} against {sizes[layer.kind]})")

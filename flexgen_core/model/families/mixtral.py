@@ -55,10 +55,12 @@ class DecoderLayer(llama.DecoderLayer):
     def _mlp_specs(self):
         s, h, f = self.spec, self.spec.hidden_size, self.spec.arch.expert_ffn_size
         gate, up, down = self.EXPERT
-        shapes = [("gate", (s.arch.num_experts, h))]
+        experts = []
         for e in range(s.arch.num_experts):
-            shapes += [(f"experts.{e}.{gate}", (f, h)), (f"experts.{e}.{up}", (f, h)), (f"experts.{e}.{down}", (h, f))]
-        return self._projections(self.MOE, shapes, False)
+            experts += [(f"experts.{e}.{gate}", (f, h)), (f"experts.{e}.{up}", (f, h)), (f"experts.{e}.{down}", (h, f))]
+        share = s.arch.experts_per_token / s.arch.num_experts  # each token multiplies k of the E experts
+        return (self._projections(self.MOE, [("gate", (s.arch.num_experts, h))], False)
+                + self._projections(self.MOE, experts, False, share))
 
     def _mlp(self, h, w):
         x = self._norm(h, w, "pre_mlp")
