@@ -56,20 +56,26 @@ def owner_alive(owner: dict) -> bool:
     return abs(started - float(owner.get("started", started))) < 1.0  # else its pid was reused
 
 
-def remove_orphans(parent: str, prefix: str) -> list[str]:
-    """Remove the directories `parent/prefix*` whose owner process is gone; the paths removed."""
-    removed = []
+def orphans(parent: str, prefix: str) -> list[str]:
+    """The directories `parent/prefix*` whose owner process is gone."""
     try:
         entries = list(os.scandir(parent))
     except OSError:
-        return removed
+        return []
+    found = []
     for entry in entries:
-        if not entry.name.startswith(prefix) or not entry.is_dir(follow_symlinks=False):
-            continue
-        owner = read_owner(entry.path)
-        if owner is not None and not owner_alive(owner):
-            shutil.rmtree(entry.path, ignore_errors=True)
-            removed.append(entry.path)
+        if entry.name.startswith(prefix) and entry.is_dir(follow_symlinks=False):
+            owner = read_owner(entry.path)
+            if owner is not None and not owner_alive(owner):
+                found.append(entry.path)
+    return found
+
+
+def remove_orphans(parent: str, prefix: str) -> list[str]:
+    """Remove the orphans under `parent`; the paths removed."""
+    removed = orphans(parent, prefix)
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
     if removed:
         log.info("removed %d scratch director%s left by processes that are gone: %s", len(removed),
                  "y" if len(removed) == 1 else "ies", ", ".join(removed))

@@ -184,20 +184,30 @@ class DiskArray:
 
     def _allocate(self):
         """The file's blocks allocated for real: a sparse file's memory map takes the disk's blocks
-        as it is written, and a full disk then kills the process with SIGBUS instead of raising."""
-        directory = os.path.dirname(self.path) or "."
-        check_free_space(directory, self.nbytes, f"{os.path.basename(self.path)} ({tuple(self.shape)})")
+        as it is written, and a full disk then kills the process with SIGBUS instead of raising.
+        Without posix_fallocate the free space is checked instead (the file is then sparse)."""
         try:
             with open(self.path, "wb") as f:
                 if self.nbytes and hasattr(os, "posix_fallocate"):
                     os.posix_fallocate(f.fileno(), 0, self.nbytes)
                 else:
+                    check_free_space(self._directory, self.nbytes, os.path.basename(self.path))
                     f.truncate(self.nbytes)
         except OSError as e:
             self.remove()
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFull(os.path.basename(self.path), directory, self.nbytes, free_bytes(directory)) from None
+            self._raise_if_full(e, self.nbytes)
             raise
+
+    @property
+    def _directory(self) -> str:
+        return os.path.dirname(self.path) or "."
+
+    def _raise_if_full(self, error: OSError, nbytes: int):
+        """A full disk (or quota) as DiskFull, naming this file; other errors are left to the caller."""
+        if isinstance(error, DiskFull):
+            raise error
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(os.path.basename(self.path), self._directory, nbytes, free_bytes(self._directory)) from None
 
     @property
     def tensor(self) -> torch.Tensor:
@@ -252,9 +262,7 @@ class DiskArray:
                 if hasattr(os, "posix_fadvise"):
                     os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                directory = os.path.dirname(self.path) or "."
-                raise DiskFull(os.path.basename(self.path), directory, data.nbytes, free_bytes(directory)) from None
+            self._raise_if_full(e, data.nbytes)
             raise
 
     def close(self):

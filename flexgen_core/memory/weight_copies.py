@@ -30,7 +30,15 @@ class WeightCopy:
 
 
 def folder_bytes(path: str) -> int:
-    return sum(e.stat().st_size for e in os.scandir(path) if e.is_file(follow_symlinks=False))
+    """Bytes of the files under `path`, however deep."""
+    total = 0
+    for d, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(d, f)).st_size
+            except OSError:  # removed meanwhile
+                pass
+    return total
 
 
 def _read_about(folder: str) -> dict:
@@ -65,6 +73,14 @@ def record_use(folder: str, description: dict):
     about = _read_about(folder)
     users = [u for u in about.get("users", []) if owner_alive(u) and u.get("pid") != os.getpid()]
     _write_about(folder, {**about, **description, "last_used": time.time(), "users": users + [this_process()]})
+
+
+def keep(offload_dir: str, folder: str, description: dict) -> list[WeightCopy]:
+    """A load uses the copy in `folder`: record it, and keep the directory under its cap; the copies
+    that were removed for it."""
+    nbytes = folder_bytes(folder)
+    record_use(folder, {**description, "bytes": nbytes})
+    return prune(offload_dir, keep_limit(nbytes), spare=folder)
 
 
 def end_use(folder: str):

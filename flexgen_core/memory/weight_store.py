@@ -17,9 +17,9 @@ import torch
 
 from ..model.checkpoint import CheckpointReader
 from ..model.layers import WeightSpec, storage_plan
+from . import weight_copies
 from .compression import QuantConfig, dequantize, quantize
 from .tiers import DiskArray, TieredRows, TierSet, check_free_space, split_rows
-from .weight_copies import end_use, folder_bytes, keep_limit, prune, record_use
 
 log = logging.getLogger("flexgen")
 
@@ -113,6 +113,7 @@ class WeightStore:
         self.tiers, self.dtype, self.percents, self.quant = tiers, dtype, tuple(percents), quant
         self.layouts: list[LayerLayout] = []
         self.buffers: list[TieredRows] = []
+        self.copy_folder = None  # the offload directory's copy this store uses, once loaded
         key = source.cache_key(dtype, self.percents, quant)
         encoded: dict = {}  # dummy layers of one layout share their bytes
         folder = os.path.join(tiers.offload_dir, "weights", key)
@@ -163,8 +164,7 @@ class WeightStore:
         if self.copy_folder:  # kept for later runs: say what it is, and keep the directory under its cap
             description = {"model": source.identity, "dtype": str(dtype).split(".")[-1], "split": list(self.percents),
                            "compression": None if quant is None else f"{quant.bits}-bit, groups of {quant.group_size}"}
-            record_use(folder, {**description, "bytes": folder_bytes(folder)})
-            for gone in prune(tiers.offload_dir, keep_limit(folder_bytes(folder)), spare=folder):
+            for gone in weight_copies.keep(tiers.offload_dir, folder, description):
                 log.info("removed the least recently used weight copy %s (%s, split %s)", gone.path,
                          gone.about.get("model", "?"), gone.about.get("split", "?"))
         home = {entry[0].name: (j, entry) for j, layout in enumerate(self.layouts) for entry in layout.entries}
@@ -208,8 +208,8 @@ class WeightStore:
         for buffer in self.buffers:
             buffer.free()
         self.tables = [{} for _ in self.buffers]
-        if getattr(self, "copy_folder", None) and os.path.isdir(self.copy_folder):
-            end_use(self.copy_folder)
+        if self.copy_folder and os.path.isdir(self.copy_folder):
+            weight_copies.end_use(self.copy_folder)
         self.copy_folder = None
 
 

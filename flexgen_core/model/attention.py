@@ -30,13 +30,16 @@ def causal_mask_from_pads(pads: list[int], s: int, device) -> torch.Tensor:
     return prefill_mask(valid, idx.expand(len(pads), s))
 
 
+def soft_cap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """x squashed into (-cap, cap) by tanh (Gemma 2's scores and logits); unchanged without a cap."""
+    return x if not cap else torch.tanh(x / cap) * cap
+
+
 def attention_scores(q, k, scale: float | None = None, softcap: float | None = None) -> torch.Tensor:
     """q k^T in fp32, scaled (by head_dim^-0.5 unless the family says otherwise) and, where the family
-    caps its logits (Gemma 2), squashed into (-softcap, softcap) by tanh before any mask."""
+    caps its logits, soft-capped before any mask."""
     scores = torch.matmul(q, k.transpose(-1, -2)).float() * (q.shape[-1] ** -0.5 if scale is None else scale)
-    if softcap:
-        scores = torch.tanh(scores / softcap) * softcap
-    return scores
+    return soft_cap(scores, softcap)
 
 
 def prefill_attention(q, k, v, mask=None, pads: list[int] | None = None, sparsity: float = 1.0,

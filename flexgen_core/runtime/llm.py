@@ -238,11 +238,11 @@ class LLM:
     def score(self, pairs: list[tuple[list[int], list[int]]], on_block: OnBlock | None = None) -> list[ScoreOutput]:
         """Log-probs of each continuation given its context, and whether greedy decoding would produce it."""
         rows, targets = [], []
-        for i, (context, continuation) in enumerate(pairs):
+        for n, (context, continuation) in enumerate(pairs):
             if not context or not continuation:
                 raise ValueError("score() needs a non-empty context and a non-empty continuation for every pair")
             seq = list(context) + list(continuation)
-            self._check_ids(seq, f"pair {i}")
+            self._check_ids(seq, f"pair {n}")
             rows.append(seq[:-1])
             targets.append([(len(context) - 1 + i, tok) for i, tok in enumerate(continuation)])
         scored = [None] * len(rows)
@@ -345,8 +345,9 @@ class LLM:
 
     def _run_scoring(self, rows, targets, scored: list, done: Completion, positions=None, segments=None):
         """scored[i] = (log-probs, greedy flags) at row i's targets, block by block; a block's common
-        prefix is computed once when no target falls in it."""
-        self._check_prompts(rows)
+        prefix is computed once when no target falls in it. The callers checked every token id (the
+        targets' too, which rows leave out); the rows' lengths are checked here."""
+        self._check_prompts(rows, ids=False)
         start = time.perf_counter()
         for block, policy in self._blocks(rows, 1):
             block_rows = [rows[i] for i in block]
@@ -372,7 +373,7 @@ class LLM:
         min_shared = SHARED_PREFIX_MIN if self.share_prefixes else None
         return [(block, policy(block[0])) for block in prefix_blocks(rows, min_shared, lambda i: policy(i).block_size)]
 
-    def _check_prompts(self, prompts, extra: int = 0):
+    def _check_prompts(self, prompts, extra: int = 0, ids: bool = True):
         if not isinstance(prompts, (list, tuple)):
             raise ValueError("prompts must be a list of token-id lists")
         limit = self.spec.max_seq_len
@@ -383,7 +384,8 @@ class LLM:
                 raise ValueError(
                     f"prompt {i} has {len(p)} tokens; with {extra} new tokens that exceeds the model context of {limit}"
                 )
-            self._check_ids(p, f"prompt {i}")
+            if ids:
+                self._check_ids(p, f"prompt {i}")
 
     def _check_ids(self, ids, what: str):
         """Token ids are integers within the vocabulary: a float would be truncated silently, and an id

@@ -34,30 +34,10 @@ def _split(about: dict) -> str:
     return "/".join(f"{v:g}" for v in split) if split else "?"
 
 
-def _size(path: str) -> int:
-    total = 0
-    for d, _, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(d, f)).st_size
-            except OSError:
-                pass
-    return total
-
-
-def _orphans(dirs: list[str]) -> list[tuple[str, str]]:
-    """(parent, prefix) pairs where scratch of dead processes may lie."""
-    return [(tempfile.gettempdir(), scratch.DEFAULT_PREFIX)] + [(d, scratch.SCRATCH_PREFIX) for d in dirs]
-
-
-def _stale(parent: str, prefix: str) -> list[str]:
-    out = []
-    for entry in (os.scandir(parent) if os.path.isdir(parent) else []):
-        if entry.name.startswith(prefix) and entry.is_dir(follow_symlinks=False):
-            owner = scratch.read_owner(entry.path)
-            if owner is not None and not scratch.owner_alive(owner):
-                out.append(entry.path)
-    return out
+def _orphans(dirs: list[str]) -> list[str]:
+    """Scratch of processes that are gone: our own offload dirs in the temp dir, scratch in each dir."""
+    places = [(tempfile.gettempdir(), scratch.DEFAULT_PREFIX)] + [(d, scratch.SCRATCH_PREFIX) for d in dirs]
+    return [path for parent, prefix in places for path in scratch.orphans(parent, prefix)]
 
 
 def run(args) -> int:
@@ -79,25 +59,25 @@ def _list(args, dirs) -> int:
             print(f"  {os.path.basename(c.path)}  {format_size(c.nbytes):>10}  last used {used}"
                   f"{'  IN USE' if c.in_use else ''}  {a.get('model', '?')}  {a.get('dtype', '?')}  "
                   f"split {_split(a)}  {a.get('compression') or 'uncompressed'}")
-    stale = [p for parent, prefix in _orphans(dirs) for p in _stale(parent, prefix)]
-    print(f"scratch left by processes that are gone: {len(stale)}, {format_size(sum(map(_size, stale)))}")
+    stale = _orphans(dirs)
+    print(f"scratch left by processes that are gone: {len(stale)}, "
+          f"{format_size(sum(map(weight_copies.folder_bytes, stale)))}")
     for p in stale:
         print(f"  {p}")
     root = cache_root()
     for name in ("models", "hardware"):
         path = root / name
         if path.is_dir():
-            print(f"{path}: {format_size(_size(str(path)))} ({len(os.listdir(path))} entries)")
+            print(f"{path}: {format_size(weight_copies.folder_bytes(str(path)))} ({len(os.listdir(path))} entries)")
     return 0
 
 
 def _clean(args, dirs) -> int:
     freed = 0
-    for parent, prefix in _orphans(dirs):
-        for path in _stale(parent, prefix):
-            freed += _size(path)
-            shutil.rmtree(path, ignore_errors=True)
-            print(f"removed {path}")
+    for path in _orphans(dirs):
+        freed += weight_copies.folder_bytes(path)
+        shutil.rmtree(path, ignore_errors=True)
+        print(f"removed {path}")
     for d in dirs:
         for c in weight_copies.prune(d, args.keep):
             freed += c.nbytes
@@ -108,7 +88,7 @@ def _clean(args, dirs) -> int:
     if args.models:
         path = cache_root() / "models"
         if path.is_dir():
-            freed += _size(str(path))
+            freed += weight_copies.folder_bytes(str(path))
             shutil.rmtree(path, ignore_errors=True)
             print(f"removed {path}")
     print(f"freed {format_size(freed)}")

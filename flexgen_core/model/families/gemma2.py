@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
+from ..attention import soft_cap
 from . import llama
 
 MODEL_TYPES = ("gemma2",)
@@ -38,10 +39,6 @@ def spec_from_config(config: dict, name: str = "", family: str = "gemma2", defau
                                             query_pre_attn_scalar=float(config["query_pre_attn_scalar"]),
                                             attn_logit_softcapping=config["attn_logit_softcapping"],
                                             final_logit_softcapping=config["final_logit_softcapping"]))
-
-
-def soft_cap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
-    return x if not cap else torch.tanh(x / cap) * cap
 
 
 class Embedding(llama.Embedding):
