@@ -19,7 +19,10 @@ POLICIES = {
     "all-disk": Policy(weights=(0, 0, 100), cache=(0, 0, 100), activations=(0, 0, 100), gpu_batch_size=4),
     "mix": Policy(weights=MIX, cache=MIX, activations=MIX, gpu_batch_size=2, num_gpu_batches=2),
     "mix-cpu-attention": Policy(weights=MIX, cache=MIX, activations=MIX, gpu_batch_size=4, cpu_attention=True),
+    # a mixture's layer keeps its own weights and two experts on the device, one on the CPU, one on disk
+    "experts-split": Policy(weights=(60, 20, 20), cache=MIX, activations=MIX, gpu_batch_size=2, num_gpu_batches=2),
 }
+MOE = ("mixtral", "qwen3-moe", "olmoe")
 FAMILIES = {
     "qwen3": dict(model_type="qwen3", head_dim=24),  # head_dim not hidden / heads
     "qwen3-tied": dict(model_type="qwen3", tie_word_embeddings=True, num_key_value_heads=1),
@@ -77,6 +80,26 @@ def test_greedy_tokens_and_logprobs_match_hf(family, name, share, tmp_path):
         assert got[1:] == pytest.approx(want, abs=1e-4)
     for score, want in zip(scores, prompt_lps):
         assert score.logprobs == pytest.approx(want[3:], abs=1e-4)
+
+
+@pytest.mark.parametrize("name", MOE)
+def test_the_experts_of_one_layer_are_placed_apart(name, tmp_path):
+    """Under "experts-split" every expert layer has experts on all three tiers, each whole and in tier order,
+    with its own weights on the device: what the parity test above then runs."""
+    path = tiny_models.tiny_llama(str(tmp_path / "m"), seed=7, norms=True, **FAMILIES[name])
+    with LLM.from_pretrained(path, policy=POLICIES["experts-split"], offload_dir=str(tmp_path)) as llm:
+        store = llm.weights
+        expert_layers = [j for j, experts in enumerate(store.experts) if experts]
+        assert len(expert_layers) == llm.spec.num_layers
+        order = ["gpu", "cpu", "disk"]
+        for j in expert_layers:
+            assert store.buffers[j].only_tier() == "gpu"
+            tiers = [buffer.only_tier() for _, _, buffer in store.experts[j]]
+            assert set(tiers) == set(order) and tiers == sorted(tiers, key=order.index)
+        placed = llm.memory_stats()["experts"]
+        assert sum(placed["count"].values()) == 4 * len(expert_layers)
+        assert placed["bytes"] == {t: sum(layout.nbytes for experts in store.experts for _, layout, buffer in experts
+                                          if buffer.only_tier() == t) for t in order}
 
 
 def test_family_sizes_come_from_their_layers():
@@ -249,14 +272,28 @@ def test_built_in_sizes_are_what_hf_builds_from_them(name):
     assert ModelSpec.from_hf_config(config.to_dict(), name=name).windows() == spec.windows()
 
 
-def test_an_expert_layer_computes_k_of_e_experts_per_token():
-    """The cost model's FLOPs per token count the router and k experts, as the runtime computes them; the
-    bytes it streams are still every expert's (they move with their layer)."""
+def test_an_expert_layer_computes_k_of_e_experts_per_token_and_reads_the_experts_its_tokens_touch():
+    """The cost model's FLOPs per token count the router and k experts, as the runtime computes them; a step
+    reads the experts some token is routed to: k of E for one token, nearly all of them in a prefill."""
+    from flexgen_core.planning.cost_model import BlockModel, Step
+    from flexgen_core.planning.hardware import PRESETS
     from flexgen_core.planning.sizes import model_sizes
 
     spec = ModelSpec.from_name("mixtral-8x7b")
     h, f = 4096, 14336
     attention = h * 4096 + 2 * h * 1024 + 4096 * h
+    own = attention + 8 * h + 2 * h
     decoder = model_sizes(spec).layers["decoder"]
     assert decoder.matmul == attention + 8 * h + 2 * 3 * h * f
-    assert decoder.streamed == attention + 8 * h + 8 * 3 * h * f + 2 * h
+    assert decoder.streamed == own + 8 * 3 * h * f
+    assert (decoder.experts, decoder.experts_per_token, decoder.expert_values) == (8, 2, 8 * 3 * h * f)
+    assert decoder.streamed_for(1) == own + 2 * 3 * h * f
+    assert decoder.streamed_for(2) == pytest.approx(own + 8 * (1 - 0.75 ** 2) * 3 * h * f)
+    assert decoder.streamed_for(512) == pytest.approx(decoder.streamed)
+
+    # the block's tokens together: a decode step of 4 sequences in 2 batches reads what 8 tokens touch
+    shape = Policy(weights=(0, 0, 100), gpu_batch_size=4, num_gpu_batches=2)
+    model = BlockModel(spec, shape, 64, 8, PRESETS["t4"], 2)
+    decode = model.busy("decoder", Step("decode", 1, 64, 7))["disk"].coef["w_disk"]
+    prefill = model.busy("decoder", Step("prefill", 64, 64, 1))["disk"].coef["w_disk"]
+    assert decode / prefill == pytest.approx(decoder.streamed_for(8) / decoder.streamed)

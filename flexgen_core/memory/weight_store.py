@@ -16,10 +16,11 @@ import os
 import torch
 
 from ..model.checkpoint import CheckpointReader
-from ..model.layers import WeightSpec, storage_plan
+from ..model.layers import EXPERTS, WeightSpec, storage_plan
 from . import weight_copies
 from .compression import QuantConfig, dequantize, quantize
-from .tiers import DiskArray, TieredRows, TierSet, check_free_space, split_rows
+from .io_queue import IOQueue
+from .tiers import TIERS, DiskArray, TieredRows, TierSet, check_free_space, split_rows
 
 log = logging.getLogger("flexgen")
 
@@ -108,47 +109,58 @@ class RowTable:
 
 
 class WeightStore:
+    """Every layer's weights, placed on the tiers by the policy's weight percentages. A layer is one
+    buffer; a layer with a mixture of experts is its own buffer (attention, router, norms) and one per
+    expert, laid out in that order and cut at the policy's boundaries with each expert kept whole, so
+    the weights every token needs take the fastest tier first and only the experts a batch is routed
+    to are read (`load(j).[EXPERTS].each`)."""
+
     def __init__(self, layers, tiers: TierSet, percents, dtype: torch.dtype, source: "WeightSource",
                  quant: QuantConfig | None = None, progress=None):
         self.tiers, self.dtype, self.percents, self.quant = tiers, dtype, tuple(percents), quant
         self.layouts: list[LayerLayout] = []
         self.buffers: list[TieredRows] = []
+        self.experts: list[list[tuple[int, LayerLayout, TieredRows]]] = []  # per layer: (expert, layout, buffer)
+        self._expert_loads: dict[int, ExpertLoads] = {}  # layer -> the experts its current load read
+        self.experts_read = {"count": 0, "bytes": 0}  # experts copied off their tier (or dequantized) so far
         self.copy_folder = None  # the offload directory's copy this store uses, once loaded
         key = source.cache_key(dtype, self.percents, quant)
         encoded: dict = {}  # dummy layers of one layout share their bytes
         folder = os.path.join(tiers.offload_dir, "weights", key)
-        plan = []  # per layer: its layout, disk file, bytes per tier and whether a valid file is there already
+        plan = []  # per layer: [(expert or None, layout, disk file, bytes per tier, a valid file is there)]
         for layer, (streamed, tables) in zip(layers, storage_plan(layers)):
-            layout = LayerLayout(streamed, tables, dtype, quant)
-            disk_path = os.path.join(folder, f"{layer.name}.bin")
-            counts = split_rows(layout.nbytes, self.percents)
-            plan.append((layer, layout, disk_path, counts, counts[2] > 0 and _valid_file(disk_path, counts[2])))
-        to_write = sum(counts[2] for *_, counts, reusable in plan if not reusable)
+            own = LayerLayout([s for s in streamed if s.expert is None], tables, dtype, quant)
+            grouped: dict[int, list[WeightSpec]] = {}
+            for spec in streamed:
+                if spec.expert is not None:
+                    grouped.setdefault(spec.expert, []).append(spec)
+            experts = [(e, LayerLayout(specs, [], dtype, quant)) for e, specs in sorted(grouped.items())]
+            own_counts, expert_tiers = place_experts(own.nbytes, [x.nbytes for _, x in experts], self.percents)
+            units = [(None, own, f"{layer.name}.bin", own_counts)]
+            for (e, layout), tier in zip(experts, expert_tiers):
+                counts = [0, 0, 0]
+                counts[tier] = layout.nbytes
+                units.append((e, layout, f"{layer.name}.expert{e}.bin", counts))
+            plan.append([(e, layout, os.path.join(folder, name), counts,
+                          counts[2] > 0 and _valid_file(os.path.join(folder, name), counts[2]))
+                         for e, layout, name, counts in units])
+        units = [unit for layer_units in plan for unit in layer_units]
+        to_write = sum(counts[2] for *_, counts, reusable in units if not reusable)
         if to_write:  # checked where the folder will be, before anything is made
             check_free_space(tiers.offload_dir, to_write, f"the weights' disk share ({self.percents[2]:g}%)")
             os.makedirs(folder, exist_ok=True)
         created = []  # files this load writes: removed again if it fails
         try:
-            for layer, layout, disk_path, counts, reusable in plan:
-                if counts[2] and not reusable:
-                    created.append(disk_path)
-                    if os.path.exists(disk_path):  # a stale or partial copy: allocated afresh at its size
-                        os.remove(disk_path)
-                buffer = TieredRows(tiers, (layout.nbytes,), torch.uint8, self.percents, f"w-{layer.name}",
-                                    disk_path=disk_path if counts[2] else None)
-                self.layouts.append(layout)
-                self.buffers.append(buffer)
-                if layout.nbytes and not (reusable and counts[0] + counts[1] == 0):
-                    flat = source.encoded(layout, encoded)
-                    for tier, start, end, storage in buffer.parts:
-                        if isinstance(storage, DiskArray):
-                            if not reusable:
-                                _unmark(disk_path)  # a crash mid-write must not leave a valid-looking file
-                                storage.write_all(flat[start:end])
-                                _mark_valid(disk_path, end - start)
-                        else:
-                            storage.copy_(flat[start:end])
-                    del flat
+            for layer, layer_units in zip(layers, plan):
+                self.experts.append([])
+                for e, layout, disk_path, counts, reusable in layer_units:
+                    buffer = self._place(layout, disk_path, counts, reusable, f"w-{layer.name}", source, encoded,
+                                         created)
+                    if e is None:
+                        self.layouts.append(layout)
+                        self.buffers.append(buffer)
+                    else:
+                        self.experts[-1].append((e, layout, buffer))
                 if progress is not None:
                     progress.update(1)
         except BaseException:
@@ -160,7 +172,7 @@ class WeightStore:
             if os.path.isdir(folder) and not os.listdir(folder):
                 os.rmdir(folder)
             raise
-        self.copy_folder = folder if any(counts[2] for *_, counts, _ in plan) else None
+        self.copy_folder = folder if any(unit[3][2] for unit in units) else None
         if self.copy_folder:  # kept for later runs: say what it is, and keep the directory under its cap
             description = {"model": source.identity, "dtype": str(dtype).split(".")[-1], "split": list(self.percents),
                            "compression": None if quant is None else f"{quant.bits}-bit, groups of {quant.group_size}"}
@@ -177,40 +189,161 @@ class WeightStore:
                     found[spec.name] = RowTable(self.buffers[j], self.layouts[j], entry)
             self.tables.append(found)
 
-    def load(self, j: int) -> dict[str, torch.Tensor]:
+    def _place(self, layout, disk_path, counts, reusable, name, source, encoded, created) -> TieredRows:
+        """One unit's buffer on its tiers, its bytes copied in (a valid disk file is reused)."""
+        if counts[2] and not reusable:
+            created.append(disk_path)
+            if os.path.exists(disk_path):  # a stale or partial copy: allocated afresh at its size
+                os.remove(disk_path)
+        percents = [100 * c / layout.nbytes for c in counts] if layout.nbytes else self.percents
+        buffer = TieredRows(self.tiers, (layout.nbytes,), torch.uint8, percents, name,
+                            disk_path=disk_path if counts[2] else None)
+        try:
+            if layout.nbytes and not (reusable and counts[0] + counts[1] == 0):
+                flat = source.encoded(layout, encoded)
+                for tier, start, end, storage in buffer.parts:
+                    if isinstance(storage, DiskArray):
+                        if not reusable:
+                            _unmark(disk_path)  # a crash mid-write must not leave a valid-looking file
+                            storage.write_all(flat[start:end])
+                            _mark_valid(disk_path, end - start)
+                    else:
+                        storage.copy_(flat[start:end])
+        except BaseException:
+            buffer.free()
+            raise
+        return buffer
+
+    def load(self, j: int, expert_queue: IOQueue | None = None) -> dict[str, torch.Tensor]:
         """The tensors layer j streams, on the compute device (views when they already live
-        there), and its lookup tables. The buffers this allocates count as device memory until
-        `release(j)`."""
+        there), and its lookup tables; a layer with experts also gets them under EXPERTS, each read
+        when first routed to (through `expert_queue`, or at once without one). The buffers this
+        allocates count as device memory until `release(j)`."""
         layout = self.layouts[j]
         self.tiers.allocated("gpu", self.working_bytes(j))
         flat = self.buffers[j].read(stop=layout.streamed_bytes) if layout.streamed_bytes else None
-        return {**layout.decode(flat), **self.tables[j]}
+        w = {**layout.decode(flat), **self.tables[j]}
+        if self.experts[j]:
+            w[EXPERTS] = self._expert_loads[j] = ExpertLoads(self, j, expert_queue)
+        return w
 
     def release(self, j: int):
         """The caller dropped the tensors of a `load(j)`."""
         self.tiers.released("gpu", self.working_bytes(j))
+        loads = self._expert_loads.pop(j, None)
+        if loads is not None:
+            loads.release()
 
     def working_bytes(self, j: int) -> int:
         """Device bytes a load of layer j allocates: its streamed tensors unless they live on the
-        device, plus its dequantized matrices. (A lookup's few rows are not counted.)"""
-        layout = self.layouts[j]
-        copied = 0 if self.buffers[j].on_device(layout.streamed_bytes) else layout.streamed_bytes
-        return copied + layout.decoded_bytes
+        device, plus its dequantized matrices. (A lookup's few rows are not counted, nor experts:
+        each is counted when it is read.)"""
+        return _working_bytes(self.layouts[j], self.buffers[j])
 
     def resident(self, j: int) -> bool:
         """Whether a load of layer j is only views of device memory (nothing read or expanded)."""
         return self.working_bytes(j) == 0
 
     def nbytes(self) -> int:
-        return sum(layout.nbytes for layout in self.layouts)
+        return sum(layout.nbytes for layout in self.layouts) + sum(
+            layout.nbytes for experts in self.experts for _, layout, _ in experts)
+
+    def expert_stats(self) -> dict:
+        """Bytes of experts per tier, how many experts each tier holds (all layers), and how many were
+        read (with their bytes) since the model was loaded."""
+        out = {"bytes": dict.fromkeys(TIERS, 0), "count": dict.fromkeys(TIERS, 0), "read": dict(self.experts_read)}
+        for experts in self.experts:
+            for _, layout, buffer in experts:
+                tier = buffer.only_tier()
+                if tier is not None:
+                    out["bytes"][tier] += layout.nbytes
+                    out["count"][tier] += 1
+        return out
 
     def free(self):
-        for buffer in self.buffers:
+        for loads in self._expert_loads.values():
+            loads.release()
+        self._expert_loads = {}
+        for buffer in self.buffers + [b for experts in self.experts for _, _, b in experts]:
             buffer.free()
         self.tables = [{} for _ in self.buffers]
         if self.copy_folder and os.path.isdir(self.copy_folder):
             weight_copies.end_use(self.copy_folder)
         self.copy_folder = None
+
+
+def _working_bytes(layout: LayerLayout, buffer: TieredRows) -> int:
+    copied = 0 if buffer.on_device(layout.streamed_bytes) else layout.streamed_bytes
+    return copied + layout.decoded_bytes
+
+
+def place_experts(own_bytes: int, expert_bytes: list[int], percents) -> tuple[list[int], list[int]]:
+    """A layer's bytes per tier cut by the policy's percentages, its own weights first on the fastest
+    tiers (every token needs them), then its experts, each kept whole on the fastest tier with room
+    left for all of it: (bytes of its own weights per tier, the tier index of each expert). No tier
+    holds more than its share; disk takes the rounding."""
+    total = own_bytes + sum(expert_bytes)
+    first, second, _ = split_rows(total, percents)
+    own_gpu = min(first, own_bytes)
+    own_cpu = min(second, own_bytes - own_gpu)
+    own = [own_gpu, own_cpu, own_bytes - own_gpu - own_cpu]
+    room = [first - own_gpu, second - own_cpu]
+    tiers = []
+    for n in expert_bytes:
+        tier = next((t for t in (0, 1) if room[t] >= n), 2)
+        if tier < 2:
+            room[tier] -= n
+        tiers.append(tier)
+    return own, tiers
+
+
+class ExpertLoads:
+    """The experts of one load of a layer: each read (and dequantized) once, when a batch is first
+    routed to it, and kept for the block's other batches until the layer is released. Asked for
+    several, it queues every missing read at once and hands out those on the device first, so
+    reads overlap the other experts' compute."""
+
+    def __init__(self, store: WeightStore, j: int, queue: IOQueue | None):
+        self.store, self.queue, self.layer = store, queue, j
+        self.units = {e: (layout, buffer) for e, layout, buffer in store.experts[j]}
+        self.loaded: dict[int, object] = {}  # expert -> its tensors, or the pending read of them
+        self.held = 0  # device bytes the reads allocated
+
+    def each(self, experts):
+        experts = list(experts)
+        waiting = [e for e in experts if e not in self.loaded and not self._on_device(e)]
+        for e in waiting:
+            layout, buffer = self.units[e]
+            self._hold(_working_bytes(layout, buffer))
+            self.store.experts_read["count"] += 1
+            self.store.experts_read["bytes"] += layout.nbytes
+            self.loaded[e] = self.queue.submit(self._read, e) if self.queue is not None else self._read(e)
+        for e in [e for e in experts if e not in waiting] + waiting:
+            yield e, self._tensors(e)
+
+    def _on_device(self, e) -> bool:
+        layout, buffer = self.units[e]
+        return _working_bytes(layout, buffer) == 0
+
+    def _read(self, e) -> dict[str, torch.Tensor]:
+        layout, buffer = self.units[e]
+        return layout.decode(buffer.read())
+
+    def _tensors(self, e) -> dict[str, torch.Tensor]:
+        if e not in self.loaded:  # raw on the device: views
+            self.loaded[e] = self._read(e)
+        pending = self.loaded[e]
+        if not isinstance(pending, dict):
+            self.loaded[e] = pending = pending.result()
+        return pending
+
+    def _hold(self, nbytes: int):
+        self.held += nbytes
+        self.store.tiers.allocated("gpu", nbytes)
+
+    def release(self):
+        self.store.tiers.released("gpu", self.held)
+        self.held, self.loaded = 0, {}
 
 
 def _marker(path: str) -> str:
@@ -285,7 +418,7 @@ class WeightSource:
         return memo[key]
 
     def cache_key(self, dtype: torch.dtype, percents, quant=None) -> str:
-        stamp = {"layout": 2, "id": self.identity, "dummy": "tiled" if self.dummy else False, "dtype": str(dtype),
+        stamp = {"layout": 3, "id": self.identity, "dummy": "tiled" if self.dummy else False, "dtype": str(dtype),
                  "split": list(percents), "quant": None if quant is None else [quant.bits, quant.group_size]}
         if self.reader is not None:
             stamp["files"] = sorted(

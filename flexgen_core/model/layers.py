@@ -33,6 +33,9 @@ class WeightSpec:
     lookup: bool = False
     # share of a batch's tokens this matrix multiplies: an expert's k of E (each token routed to k)
     token_share: float = 1.0
+    # the expert of a mixture this tensor belongs to: each expert is a placement unit of its own,
+    # loaded only when the router sends tokens to it (None: the layer's own weights, streamed every step)
+    expert: int | None = None
 
     @property
     def numel(self) -> int:
@@ -42,14 +45,29 @@ class WeightSpec:
         return n
 
 
-def linear_specs(prefix: str, shapes, bias: bool, token_share: float = 1.0) -> list[WeightSpec]:
+def linear_specs(prefix: str, shapes, bias: bool, token_share: float = 1.0, expert: int | None = None) -> list[WeightSpec]:
     """Weights (and biases, when the family has them) of linear maps: `shapes` is [(name, (out, in))]."""
     specs = []
     for name, shape in shapes:
-        specs.append(WeightSpec(f"{prefix}{name}.weight", shape, token_share=token_share))
+        specs.append(WeightSpec(f"{prefix}{name}.weight", shape, token_share=token_share, expert=expert))
         if bias:
-            specs.append(WeightSpec(f"{prefix}{name}.bias", (shape[0],), "zeros"))
+            specs.append(WeightSpec(f"{prefix}{name}.bias", (shape[0],), "zeros", expert=expert))
     return specs
+
+
+# The key under which a layer with experts finds them in its weights: an object whose
+# `each(experts)` yields (expert, its tensors by checkpoint name) for the experts asked for, those
+# already on the compute device first, the others as their loads arrive.
+EXPERTS = "<experts>"
+
+
+def routed_experts(w: dict, experts: list[int]):
+    """(expert, tensors) for each of `experts`: loaded on demand where the weight store placed
+    experts apart, or from the layer's own weights."""
+    if EXPERTS in w:
+        yield from w[EXPERTS].each(experts)
+    else:
+        yield from ((e, w) for e in experts)
 
 
 @dataclass(frozen=True)

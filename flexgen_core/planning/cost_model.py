@@ -154,12 +154,16 @@ class BlockModel:
         hw, k = self.hw, self.k
         prefill = step.phase == "prefill"
         out = {r: Lin() for r in RESOURCES}
-        # weights: once per layer per block step, CPU and disk shares cross the link
-        wbytes = self.numel[kind] * self.wb
+        # weights: once per layer per block step, CPU and disk shares cross the link; of a mixture, the
+        # experts the block's tokens are routed to (counted as if each tier held its share of what is
+        # read: the weight store puts a layer's own weights on the fastest tier first, so this
+        # overstates reads from the slower tiers by at most the non-expert share of the layer)
+        read = self.sizes.layers[kind].streamed_for(self.b * k * step.new_tokens)
+        wbytes = read * self.wb
         out["h2d"] += off_device("w", wbytes / hw.h2d_bw)
         out["disk"] += Lin.var("w_disk", scale=wbytes / hw.disk_read_bw)
         if self.shape.compress_weight:  # dequantised on the device once per layer per block step
-            out["device"] += self._dequant(self.numel[kind])
+            out["device"] += self._dequant(read)
         # activations: decoders and the head read their input, embedding and decoders write theirs
         act = self.hidden_bytes(step.new_tokens) * k
         if kind != "embed":
@@ -183,7 +187,7 @@ class BlockModel:
         """A layer's matrices times the batch's tokens: bound by the FLOPs or by reading the weights."""
         hw = self.hw
         flops = 2 * self.b * tokens * self.matmul[kind]
-        read = self.numel[kind] * self.dt
+        read = self.sizes.layers[kind].streamed_for(self.b * tokens) * self.dt
         if hw.gemv_bw:  # measured: bound by reading the weights (few rows) or by the large-matmul rate
             return max(flops / hw.gemm_flops_prefill, read / hw.gemv_bw)
         rate = hw.gemm_flops_prefill if prefill else hw.gemm_flops_decode

@@ -21,6 +21,7 @@ from ..units import format_size, parse_size
 from .cost_model import VARS, BlockModel, Estimate, default_dtype_bytes
 from .hardware import HardwareProfile, load_profile
 from .policy import Policy
+from .sizes import experts_per_tier
 
 GPU_BATCH_SIZES = (1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256,
                    320, 384, 448, 512)
@@ -56,6 +57,7 @@ class Plan:
     binding: str  # what stops a faster plan
     lp_solved: int = 0
     notes: list = field(default_factory=list)
+    experts: dict | None = None  # a mixture's experts per decoder layer on each tier
 
     @property
     def throughput(self) -> float:
@@ -93,6 +95,9 @@ class Plan:
             + (f"; decode: {name(e.bottleneck('decode'))}" if e.gen_len > 1 else ""),
             f"  binding    {self.binding}",
         ]
+        if self.experts:
+            lines.insert(3, "  experts    " + " / ".join(f"{n} {t}" for t, n in self.experts.items())
+                         + f" of each layer's {sum(self.experts.values())} (its own weights first on the fastest tier)")
         lines += [f"  note       {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -109,6 +114,7 @@ class Plan:
             "estimate": self.estimate.to_dict(),
             "budget_bytes": self.budget, "usable_bytes": {t: int(v) for t, v in self.usable.items()},
             "margin": self.margin, "binding": self.binding, "lp_solved": self.lp_solved, "notes": self.notes,
+            "experts_per_layer": self.experts,
         }
 
 
@@ -191,7 +197,8 @@ def plan_policy(spec: ModelSpec, prompt_len: int, gen_len: int, memory: dict,
     if est.policy.cpu_attention and compress_cache:
         notes.append("CPU attention over a compressed cache dequantises on the CPU; the paper turns it off")
     return Plan(policy=est.policy, estimate=est, model=spec.name or spec.family, hardware=hw.name,
-                budget=budget, usable=usable, margin=margin, binding=binding, lp_solved=solved, notes=notes)
+                budget=budget, usable=usable, margin=margin, binding=binding, lp_solved=solved, notes=notes,
+                experts=experts_per_tier(spec, est.policy.weights))
 
 
 def _weight_cases(model: BlockModel, usable: dict, fixed_weights=None) -> tuple:

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from ..memory.compression import QuantConfig
-from ..memory.tiers import TIERS, TierSet, split_rows
-from ..memory.weight_store import WeightSource, WeightStore
+from ..memory.tiers import TIERS, TierSet
+from ..memory.weight_store import WeightSource, WeightStore, place_experts
 from ..model.families import family_of
 from ..model.layers import storage_plan
 from ..model.spec import BUILTIN_CONFIGS, ModelSpec
@@ -419,10 +419,13 @@ class LLM:
         totals["seconds"] += seconds
 
     def memory_stats(self) -> dict:
-        """Bytes resident, peak, read and written per tier since the model was loaded; on CUDA also
+        """Bytes resident, peak, read and written per tier since the model was loaded (for a mixture of
+        experts also the experts' bytes and count per tier, and how many were read); on CUDA also
         the allocator's peak, which includes working buffers the tier accounting does not see, and the
         most host memory the CPU tier held page-locked at once."""
         stats = self.tiers.stats.as_dict()
+        if any(self.weights.experts):  # a mixture's experts: bytes and how many on each tier
+            stats["experts"] = self.weights.expert_stats()
         if self.device.type == "cuda":
             stats["device_peak_allocated"] = torch.cuda.max_memory_allocated(self.device)
             stats["host_peak_locked"] = self.tiers.pinned.high_water
@@ -454,10 +457,17 @@ def check_fits(spec: ModelSpec, policy: Policy, memory: dict, dtype: torch.dtype
     layers = family_of(spec).build_layers(spec)
     itemsize = torch.empty((), dtype=dtype).element_size()
     need = dict.fromkeys(TIERS, 0)
-    for streamed, tables in storage_plan(layers):
-        numel = sum(s.numel for s in streamed + tables)
-        for tier, n in zip(TIERS, split_rows(numel, policy.weights)):
+    for streamed, tables in storage_plan(layers):  # as the weight store places them, experts whole
+        experts: dict[int, int] = {}
+        for s in streamed:
+            if s.expert is not None:
+                experts[s.expert] = experts.get(s.expert, 0) + s.numel
+        own = sum(s.numel for s in streamed + tables if s.expert is None)
+        own_split, expert_tiers = place_experts(own, list(experts.values()), policy.weights)
+        for tier, n in zip(TIERS, own_split):
             need[tier] += n * itemsize
+        for n, tier in zip(experts.values(), expert_tiers):
+            need[TIERS[tier]] += n * itemsize
     for tier in TIERS:
         if tier in memory and memory[tier] is not None and need[tier] > parse_size(memory[tier]):
             from ..units import format_size

@@ -109,11 +109,14 @@ class Scheduler:
         self.weight_queue = IOQueue("weights", tiers.device, policy.overlap)
         self.read_queue = IOQueue("reads", tiers.device, policy.overlap)
         self.write_queue = IOQueue("writes", tiers.device, policy.overlap, max_pending=WRITES_IN_FLIGHT)
+        # the experts a router picks, read while the layer computes those already there; a queue of
+        # their own, so they do not wait behind the next layer's weights
+        self.expert_queue = IOQueue("experts", tiers.device, policy.overlap)
         self._cache_writes: dict[tuple[int, int], object] = {}  # (layer, batch) -> its last cache write
         self.step_seconds: list[float] = []  # host time of each token step of the last block run
 
     def close(self):
-        for queue in (self.weight_queue, self.read_queue, self.write_queue):
+        for queue in (self.weight_queue, self.read_queue, self.write_queue, self.expert_queue):
             queue.close()
 
     def run(self, job: Job, policy: Policy | None = None):
@@ -168,7 +171,7 @@ class Scheduler:
             if pending_w is not None:
                 pending_w.result()
         finally:
-            for queue in (self.write_queue, self.read_queue, self.weight_queue):
+            for queue in (self.write_queue, self.read_queue, self.weight_queue, self.expert_queue):
                 queue.drain()
             for j in held:
                 self.weights.release(j)
@@ -196,8 +199,8 @@ class Scheduler:
         """Layer j's weights: through the weights queue, or at once when they are views of device
         memory (a thread hand-off per layer costs more than the views)."""
         if self.weights.resident(j):
-            return _Ready(self.weights.load(j))
-        return self.weight_queue.submit(self.weights.load, j)
+            return _Ready(self.weights.load(j, self.expert_queue))
+        return self.weight_queue.submit(self.weights.load, j, self.expert_queue)
 
     def _cache_read(self, cache, j: int, k: int, t: int):
         """Layer j, batch k's cache up to position t: through the reads queue once its last write is

@@ -237,8 +237,8 @@ class DecoderLayer:
         return self._projections("mlp", [("gate_proj", (f, h)), ("up_proj", (f, h)), ("down_proj", (h, f))],
                                  s.arch.mlp_bias)
 
-    def _projections(self, module: str, shapes, bias: bool, token_share: float = 1.0) -> list:
-        return linear_specs(f"{self.p}{module}.", shapes, bias, token_share)
+    def _projections(self, module: str, shapes, bias: bool, token_share: float = 1.0, expert: int | None = None) -> list:
+        return linear_specs(f"{self.p}{module}.", shapes, bias, token_share, expert)
 
     def _linear(self, x, w, name):
         return F.linear(x, w[f"{self.p}{name}.weight"], w.get(f"{self.p}{name}.bias"))

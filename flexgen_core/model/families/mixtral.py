@@ -3,14 +3,15 @@ SwiGLU experts per token (softmax over the router's logits, renormalised over th
 each token's output is the weighted sum of its experts'. Tokens are grouped per expert: one matmul
 per expert a batch uses, not one per token. Checkpoints in the hub's layout, one tensor per expert.
 
-This first slice streams a layer's experts with the rest of its weights; placing experts on tiers of
-their own and moving only the routed ones is issue 23's next step."""
+Each expert's weights are a placement unit of the weight store (`WeightSpec.expert`): only the
+experts the router picks are read, after it has run."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
 import torch
 
+from ..layers import routed_experts
 from . import llama
 
 MODEL_TYPES = ("mixtral",)
@@ -55,12 +56,12 @@ class DecoderLayer(llama.DecoderLayer):
     def _mlp_specs(self):
         s, h, f = self.spec, self.spec.hidden_size, self.spec.arch.expert_ffn_size
         gate, up, down = self.EXPERT
-        experts = []
-        for e in range(s.arch.num_experts):
-            experts += [(f"experts.{e}.{gate}", (f, h)), (f"experts.{e}.{up}", (f, h)), (f"experts.{e}.{down}", (h, f))]
         share = s.arch.experts_per_token / s.arch.num_experts  # each token multiplies k of the E experts
-        return (self._projections(self.MOE, [("gate", (s.arch.num_experts, h))], False)
-                + self._projections(self.MOE, experts, False, share))
+        specs = self._projections(self.MOE, [("gate", (s.arch.num_experts, h))], False)
+        for e in range(s.arch.num_experts):
+            shapes = [(f"experts.{e}.{gate}", (f, h)), (f"experts.{e}.{up}", (f, h)), (f"experts.{e}.{down}", (h, f))]
+            specs += self._projections(self.MOE, shapes, False, share, expert=e)
+        return specs
 
     def _mlp(self, h, w):
         x = self._norm(h, w, "pre_mlp")
@@ -68,9 +69,10 @@ class DecoderLayer(llama.DecoderLayer):
         del x
         chosen, weights = self._route(flat, w)
         out = torch.zeros_like(flat)
-        for e in chosen.unique().tolist():  # the experts this batch uses, each over its tokens at once
+        # the experts this batch uses, each over its tokens at once, read as the router asks for them
+        for e, expert in routed_experts(w, chosen.unique().tolist()):
             token, slot = torch.where(chosen == e)
-            y = self._expert(flat[token], w, e) * weights[token, slot, None].to(flat.dtype)
+            y = self._expert(flat[token], expert, e) * weights[token, slot, None].to(flat.dtype)
             out.index_add_(0, token, y)
         return self._norm(out.view_as(h), w, "post_mlp")
 

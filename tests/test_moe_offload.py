@@ -1,0 +1,120 @@
+"""Experts as placement units: a decode step reads from disk only the experts its tokens are routed to,
+and a block reads each expert at most once per layer step, however many GPU batches use it."""
+import pytest
+import tiny_models
+
+from flexgen_core import LLM, Policy, SamplingParams
+from flexgen_core.memory.weight_store import ExpertLoads
+
+EXPERTS, PER_TOKEN = 8, 2
+ON_DISK = Policy(weights=(0, 0, 100), cache=(100, 0, 0), activations=(100, 0, 0), gpu_batch_size=1)
+
+
+@pytest.fixture(scope="module")
+def mixtral(tmp_path_factory):
+    return tiny_models.tiny_llama(str(tmp_path_factory.mktemp("mixtral")), seed=3, model_type="mixtral",
+                                  num_local_experts=EXPERTS, num_experts_per_tok=PER_TOKEN, intermediate_size=128)
+
+
+@pytest.fixture
+def expert_reads(monkeypatch):
+    """(layer, expert) of every expert read from its tier, in order."""
+    reads, read = [], ExpertLoads._read
+
+    def recording(self, e):
+        reads.append((self.layer, e))
+        return read(self, e)
+
+    monkeypatch.setattr(ExpertLoads, "_read", recording)
+    return reads
+
+
+def _run(llm, prompts, new_tokens, reads):
+    """(bytes read from disk, experts read) of one generate."""
+    before, first = llm.memory_stats()["read"]["disk"], len(reads)
+    llm.generate(prompts, SamplingParams(max_new_tokens=new_tokens, ignore_eos=True))
+    return llm.memory_stats()["read"]["disk"] - before, reads[first:]
+
+
+def test_a_batch_1_decode_step_reads_only_the_routed_experts(mixtral, expert_reads, tmp_path):
+    """Everything on disk, cache and activations on the device: the bytes one decode step reads are every
+    layer's own weights (attention, router, norms; the head's norm and matrix), the new token's embedding
+    row, and the experts the router chose, at most k of E per layer."""
+    prompt = [5, 17, 33, 41]
+    with LLM.from_pretrained(mixtral, policy=ON_DISK, offload_dir=str(tmp_path)) as llm:
+        store = llm.weights
+        prefill_bytes, prefill = _run(llm, [prompt], 1, expert_reads)
+        both_bytes, both = _run(llm, [prompt], 2, expert_reads)
+        own = sum(layout.streamed_bytes for layout in store.layouts)  # every layer's, the embedding's none
+        row = llm.spec.hidden_size * 4  # one fp32 embedding row
+        expert_nbytes = {(j, e): layout.nbytes for j, experts in enumerate(store.experts) for e, layout, _ in experts}
+        all_experts = sum(expert_nbytes.values())
+        counted = llm.memory_stats()["experts"]["read"]
+
+    assert both[:len(prefill)] == prefill  # the same prefill, then one decode step
+    step, step_bytes = both[len(prefill):], both_bytes - prefill_bytes
+    layers = [j for j, _ in step]
+    assert sorted(set(layers)) == list(range(1, llm.spec.num_layers + 1))
+    assert all(layers.count(j) <= PER_TOKEN for j in set(layers)) and len(set(step)) == len(step)
+    routed = sum(expert_nbytes[u] for u in step)
+    assert step_bytes == own + row + routed
+    assert counted == {"count": len(prefill) + len(both), "bytes": sum(expert_nbytes[u] for u in prefill + both)}
+    assert routed <= all_experts * PER_TOKEN / EXPERTS
+    assert step_bytes < own + row + all_experts / 2  # the bound the issue states, with room: a quarter of them
+
+
+def test_a_block_reads_each_expert_once_per_layer_step(mixtral, expert_reads, tmp_path):
+    """A prefill of two sequences in two GPU batches: the second batch reuses what the first read."""
+    policy = Policy(weights=(0, 0, 100), gpu_batch_size=1, num_gpu_batches=2)
+    with LLM.from_pretrained(mixtral, policy=policy, offload_dir=str(tmp_path)) as llm:
+        _, reads = _run(llm, [list(range(3, 40)), list(range(50, 90))], 1, expert_reads)
+    assert len(set(reads)) == len(reads)
+    assert len(reads) > llm.spec.num_layers * EXPERTS * 3 // 4  # long prompts reach most experts
+
+
+def test_experts_give_the_same_tokens_on_every_tier(mixtral, tmp_path):
+    """Routed reads from disk, overlapped or inline, give what the resident model gives."""
+    prompts = [[5, 17, 33, 41], list(range(60, 80))]
+    outs = []
+    for policy in (Policy(gpu_batch_size=2), ON_DISK, Policy(weights=(0, 0, 100), gpu_batch_size=1, overlap=False)):
+        with LLM.from_pretrained(mixtral, policy=policy, offload_dir=str(tmp_path)) as llm:
+            result = llm.generate(prompts, SamplingParams(max_new_tokens=6, ignore_eos=True, logprobs=0))
+        outs.append([(o.outputs[0].token_ids, o.outputs[0].logprobs) for o in result])
+    for other in outs[1:]:
+        for (tokens, lps), (want_tokens, want_lps) in zip(other, outs[0]):
+            assert tokens == want_tokens
+            assert lps == pytest.approx(want_lps, abs=1e-5)
+
+
+@pytest.mark.parametrize("percents", [(100, 0, 0), (0, 100, 0), (0, 0, 100), (30, 50, 20), (60, 20, 20), (5, 63, 32),
+                                      (33.3, 33.3, 33.4)])
+def test_experts_are_placed_whole_with_no_tier_over_its_share(percents):
+    from flexgen_core.memory.tiers import split_rows
+    from flexgen_core.memory.weight_store import place_experts
+
+    own, experts = 1000, [700] * 8
+    own_split, tiers = place_experts(own, experts, percents)
+    share = split_rows(own + sum(experts), percents)
+    held = [own_split[t] + 700 * tiers.count(t) for t in range(3)]
+    assert sum(held) == own + sum(experts) and sum(own_split) == own
+    assert held[0] <= share[0] and held[1] <= share[1]
+    assert held[2] - share[2] < 2 * 700  # disk takes at most one expert's rounding from each faster tier
+    assert own_split[1] == 0 or own_split[0] == share[0]  # its own weights fill the fastest tier first
+    assert tiers == sorted(tiers)
+
+
+def test_4_bit_experts_read_from_disk_give_what_they_give_on_the_device(mixtral, tmp_path):
+    """Packed experts are dequantized as they arrive, as a layer's own weights are."""
+    prompts = [[5, 17, 33, 41], list(range(60, 80))]
+    outs = []
+    for weights in ((100, 0, 0), (0, 0, 100), (30, 50, 20)):
+        policy = Policy(weights=weights, gpu_batch_size=1, num_gpu_batches=2, compress_weight=True)
+        with LLM.from_pretrained(mixtral, policy=policy, offload_dir=str(tmp_path)) as llm:
+            result = llm.generate(prompts, SamplingParams(max_new_tokens=6, ignore_eos=True, logprobs=0))
+            read = llm.memory_stats()["experts"]["read"]["count"]
+        outs.append([(o.outputs[0].token_ids, o.outputs[0].logprobs) for o in result])
+        assert read > 0  # resident packed experts are dequantized on demand too
+    for other in outs[1:]:
+        for (tokens, lps), (want_tokens, want_lps) in zip(other, outs[0]):
+            assert tokens == want_tokens
+            assert lps == pytest.approx(want_lps, abs=1e-5)
