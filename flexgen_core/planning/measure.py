@@ -16,12 +16,14 @@ from .hardware import HardwareProfile
 
 
 def measure_rates(offload_dir: str, device: str | None = None, *, link_bytes: int = 64 << 20,
-                  disk_bytes: int = 64 << 20, min_time: float = 0.2, name: str = "measured") -> HardwareProfile:
+                  disk_bytes: int = 64 << 20, min_time: float = 0.2, name: str = "measured",
+                  dtype: torch.dtype | None = None) -> HardwareProfile:
     """Time the links, the offload directory's disk and the matmul rates of this machine (all but
     the host's time per layer call, which `flexgen_core.profiler` measures by running a model).
 
     Sizes are small (tens of MiB, ~1 GFLOP) so a run takes seconds; each figure is the mean of
-    repeats lasting at least `min_time`, after one warm-up.
+    repeats lasting at least `min_time`, after one warm-up. The device's rates are measured in `dtype`
+    (default the runtime's: fp16 on CUDA, fp32 on a CPU; bf16 on a CPU with AMX is several times fp32).
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -31,7 +33,7 @@ def measure_rates(offload_dir: str, device: str | None = None, *, link_bytes: in
         raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
     os.makedirs(offload_dir, exist_ok=True)
     dev = torch.device(device)
-    dtype = torch.float16 if device == "cuda" else torch.float32
+    dtype = dtype or (torch.float16 if device == "cuda" else torch.float32)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     timeit = lambda fn: _mean_time(fn, sync, min_time)  # noqa: E731
 
@@ -63,7 +65,8 @@ def measure_rates(offload_dir: str, device: str | None = None, *, link_bytes: in
                     cpu_mem_bw=_read_bw(cpu, torch.float32, 256 << 20, cpu_time))
     where = torch.cuda.get_device_name(dev) if device == "cuda" else f"{os.cpu_count()}-core CPU"
     source = (f"measured by flexgen-eval profile on {platform.node() or 'unknown host'} ({where}), "
-              f"{time.strftime('%Y-%m-%d')}; disk {disk_method} on {os.path.abspath(offload_dir)}"
+              f"{time.strftime('%Y-%m-%d')}; matmuls in {str(dtype).split('.')[-1]}; disk {disk_method} on "
+              f"{os.path.abspath(offload_dir)}"
               + ("; no GPU, so the links are memcpy" if device == "cpu" else ""))
     return HardwareProfile(name=name, source=source, device=device, **link, **disk, **rates, **host)
 

@@ -206,7 +206,7 @@ class Bench:
         if self.cfg.dry_run:  # nothing is measured in a dry run: the closest preset stands in
             return load_profile("cpu" if self.device.type == "cpu" else "h100")
         self.log(f"measuring the hardware profile on {self.offload_dir} ...")
-        return measure_profile(self.offload_dir, self.device.type, name="measured")
+        return measure_profile(self.offload_dir, self.device.type, name="measured", dtype=self.dtype)
 
     def _plan_ours(self, compressed: bool) -> OursPlan:
         cfg, spec = self.cfg, self.spec
@@ -374,8 +374,8 @@ class Bench:
             sysm.rss.disk_read = 0
         if phase == "run" and hasattr(sysm, "rss"):
             e.details.setdefault("disk_read_bytes_per_run", []).append(sysm.rss.last_disk_read)
-        if phase == "run" and getattr(sysm, "last_details", None):
-            e.details.setdefault("run_details", []).append(sysm.last_details)
+        if phase in ("run", "prefill") and getattr(sysm, "last_details", None):
+            e.details.setdefault(f"{phase}_details", []).append(sysm.last_details)
         if phase == "prefill":
             e.prefill_runs.append(seconds)
         elif phase == "run":

@@ -72,7 +72,7 @@ class Ours(System):
         self.last_details: dict = {}  # of the last generate: its token steps' seconds, allocator retries
 
     def generate(self, prompts, new_tokens):
-        retries = _alloc_retries()
+        retries, experts = _alloc_retries(), self._experts_read()
         with self.rss.measure():
             start = time.perf_counter()
             outs = self.llm.generate(prompts, SamplingParams(max_new_tokens=new_tokens, ignore_eos=True,
@@ -86,7 +86,13 @@ class Ours(System):
                                               for block in self.llm.last_run.get("step_seconds", [])]}
         if retries is not None:
             self.last_details["alloc_retries"] = _alloc_retries() - retries
+        if experts is not None:  # a mixture: how many experts (and bytes) this run read off their tiers
+            after = self._experts_read()
+            self.last_details["experts_read"] = {k: after[k] - experts[k] for k in after}
         return seconds
+
+    def _experts_read(self) -> dict | None:
+        return self.llm.memory_stats().get("experts", {}).get("read")
 
     def peak_memory(self):
         stats = self.llm.memory_stats()
