@@ -4,6 +4,7 @@ No timing thresholds: the numbers of a tiny model on a shared CPU mean nothing."
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import subprocess
@@ -421,3 +422,31 @@ def test_the_offload_directory_the_bench_made_is_removed(tiny_opt_dir, tmp_path,
         bench.run()
     assert not os.path.exists(bench.offload_dir)
     assert kept.exists()
+
+
+@pytest.mark.parametrize("config", [
+    dict(model_type="llama", tie_word_embeddings=True),
+    dict(model_type="olmoe", num_experts=4, num_experts_per_tok=2, norm_topk_prob=False),
+    dict(model_type="opt", word_embed_proj_dim=64, ffn_dim=128, do_layer_norm_before=True),
+], ids=["llama-tied", "olmoe", "opt"])
+def test_a_dummy_hf_checkpoint_is_written_tensor_by_tensor_and_loads_with_every_key(config, tmp_path, monkeypatch):
+    """accelerate's checkpoint, written from our layers' keys in shards: HF loads it missing nothing."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from flexgen_core.model import spec as spec_module
+
+    base = dict(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                intermediate_size=96, max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if config["model_type"] == "opt":
+        base = dict(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                    max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    monkeypatch.setitem(spec_module.BUILTIN_CONFIGS, "tiny-dummy", {**base, **config})
+    monkeypatch.setattr(hf_models, "SHARD_BYTES", 64 << 10)  # several shards
+    spec = ModelSpec.from_name("tiny-dummy")
+    path = hf_models.dummy_checkpoint(spec, torch.bfloat16, str(tmp_path))
+    assert len(glob.glob(os.path.join(path, "*.safetensors"))) > 1
+    model, info = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert sum(p.numel() for p in model.parameters()) == hf_models.weight_bytes(spec, 1)
+    assert hf_models.dummy_checkpoint(spec, torch.bfloat16, str(tmp_path)) == path  # built once

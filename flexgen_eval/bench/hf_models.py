@@ -13,6 +13,7 @@ from flexgen_core.model.spec import BUILTIN_CONFIGS, ModelSpec
 from flexgen_core.planning.sizes import model_sizes
 
 DUMMY_DONE = ".flexgen-bench-dummy"
+SHARD_BYTES = 2 << 30
 
 
 def resolve_model(name_or_dir: str, dummy: bool) -> tuple[ModelSpec, str | None]:
@@ -36,9 +37,15 @@ def hf_config(spec: ModelSpec, path: str | None):
 
 
 def dummy_checkpoint(spec: ModelSpec, dtype: torch.dtype, cache_dir: str) -> str:
-    """A random-init HF checkpoint of a built-in size, saved once under `cache_dir` so that
-    accelerate can offload it like any checkpoint; later runs reuse it."""
-    from transformers import AutoModelForCausalLM
+    """A dummy HF checkpoint of a built-in size, saved once under `cache_dir` so that accelerate can
+    offload it like any checkpoint; later runs reuse it. Written tensor by tensor in the hub's layout
+    (the family's own checkpoint keys), in shards of SHARD_BYTES, with the tiled values our own dummy
+    weights use: building the HF model and saving it holds the model twice over (transformers 5 copies
+    fused experts back apart to save them), which for OLMoE-1B-7B in bf16 is more than a 24 GiB box."""
+    from safetensors.torch import save_file
+
+    from flexgen_core.memory.weight_store import fill_dummy_
+    from flexgen_core.model.families import family_of
 
     out = os.path.join(cache_dir, f"{spec.name}-{str(dtype).split('.')[-1]}")
     if os.path.isfile(os.path.join(out, DUMMY_DONE)):
@@ -46,12 +53,37 @@ def dummy_checkpoint(spec: ModelSpec, dtype: torch.dtype, cache_dir: str) -> str
     shutil.rmtree(out, ignore_errors=True)
     tmp = out + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(hf_config(spec, None), dtype=dtype)
-    model.save_pretrained(tmp, safe_serialization=True)
-    del model
+    os.makedirs(tmp)
+    hf_config(spec, None).save_pretrained(tmp)
+    specs = {w.name: w for layer in family_of(spec).build_layers(spec) for w in layer.weight_specs()}
+    shard, shard_bytes, weight_map, total = {}, 0, {}, 0
+
+    def flush():
+        nonlocal shard, shard_bytes
+        name = f"model-{len(set(weight_map.values())) + 1:05d}.safetensors"
+        save_file(shard, os.path.join(tmp, name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, name))
+        shard, shard_bytes = {}, 0
+
+    for name, w in specs.items():
+        t = torch.empty(w.shape, dtype=dtype)
+        if w.init == "ones":
+            t.fill_(1.0)
+        elif w.init == "zeros":
+            t.zero_()
+        else:
+            fill_dummy_(t)
+        shard[name] = t
+        shard_bytes += t.numel() * t.element_size()
+        total += t.numel() * t.element_size()
+        if shard_bytes >= SHARD_BYTES:
+            flush()
+    if shard:
+        flush()
+    with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=1)
     with open(os.path.join(tmp, DUMMY_DONE), "w") as f:
-        json.dump({"model": spec.name, "dtype": str(dtype), "init": "transformers from_config, seed 0"}, f)
+        json.dump({"model": spec.name, "dtype": str(dtype), "init": "tiled N(0, 0.02) (fill_dummy_), norms ones"}, f)
     os.rename(tmp, out)
     return out
 
