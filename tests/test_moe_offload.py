@@ -64,12 +64,45 @@ def test_a_batch_1_decode_step_reads_only_the_routed_experts(mixtral, expert_rea
 
 
 def test_a_block_reads_each_expert_once_per_layer_step(mixtral, expert_reads, tmp_path):
-    """A prefill of two sequences in two GPU batches: the second batch reuses what the first read."""
+    """Two sequences in two GPU batches: the second batch reuses what the first read. The prefill's 12 tokens
+    read every expert once per layer; a decode step's 2 tokens at most what they route to, each once."""
+    prompts = [list(range(3, 9)), list(range(50, 56))]
     policy = Policy(weights=(0, 0, 100), gpu_batch_size=1, num_gpu_batches=2)
     with LLM.from_pretrained(mixtral, policy=policy, offload_dir=str(tmp_path)) as llm:
-        _, reads = _run(llm, [list(range(3, 40)), list(range(50, 90))], 1, expert_reads)
-    assert len(set(reads)) == len(reads)
-    assert len(reads) > llm.spec.num_layers * EXPERTS * 3 // 4  # long prompts reach most experts
+        _, prefill = _run(llm, prompts, 1, expert_reads)
+        _, both = _run(llm, prompts, 2, expert_reads)
+    layers = llm.spec.num_layers
+    assert sorted(prefill) == [(j, e) for j in range(1, layers + 1) for e in range(EXPERTS)]  # each once
+    step = both[len(prefill):]
+    assert len(set(step)) == len(step) and all([j for j, _ in step].count(j) <= 2 * PER_TOKEN for j in range(1, layers + 1))
+
+
+def test_a_step_that_touches_nearly_every_expert_reads_them_with_its_layer(mixtral, expert_reads, tmp_path, monkeypatch):
+    """12 prompt tokens leave 8 x 0.75^12 = 0.25 experts untouched: all are read when the layer is loaded,
+    before its router runs (overlapping the layer before); 4 tokens (2.5 untouched) wait for the router."""
+    from flexgen_core.model.families import mixtral as family
+
+    routed_before = []  # experts already read when each layer's router ran
+    route = family.DecoderLayer._route
+
+    def recording(self, flat, w):
+        routed_before.append(len(expert_reads))
+        return route(self, flat, w)
+
+    monkeypatch.setattr(family.DecoderLayer, "_route", recording)
+    with LLM.from_pretrained(mixtral, policy=ON_DISK, offload_dir=str(tmp_path)) as llm:
+        _run(llm, [list(range(3, 15))], 1, expert_reads)
+        layers = range(1, llm.spec.num_layers + 1)
+        # all of a layer's experts were read before its router ran (the next layer's may be on their way)
+        assert [sum(1 for j, _ in expert_reads[:n] if j == layer) for n, layer in zip(routed_before, layers)] \
+            == [EXPERTS] * len(layers)
+        routed_before.clear()
+        start = len(expert_reads)
+        _run(llm, [[5, 6, 7, 8]], 1, expert_reads)
+    reads = expert_reads[start:]
+    # each layer's router ran before any of its own experts was read, and they were then read
+    assert routed_before == [start + sum(1 for j, _ in reads if j < layer) for layer in layers]
+    assert len(reads) <= llm.spec.num_layers * EXPERTS - 1
 
 
 def test_experts_give_the_same_tokens_on_every_tier(mixtral, tmp_path):

@@ -214,18 +214,29 @@ class WeightStore:
             raise
         return buffer
 
-    def load(self, j: int, expert_queue: IOQueue | None = None) -> dict[str, torch.Tensor]:
+    def load(self, j: int, expert_queue: IOQueue | None = None, tokens: int | None = None) -> dict[str, torch.Tensor]:
         """The tensors layer j streams, on the compute device (views when they already live
         there), and its lookup tables; a layer with experts also gets them under EXPERTS, each read
-        when first routed to (through `expert_queue`, or at once without one). The buffers this
+        when first routed to (through `expert_queue`, or at once without one). `tokens`, the tokens
+        the layer will see this step: when they would leave fewer than one expert untouched under
+        uniform routing (a prefill, a large decode batch), every expert is read here with the layer,
+        so the reads overlap the layer before it rather than wait for the router. The buffers this
         allocates count as device memory until `release(j)`."""
         layout = self.layouts[j]
         self.tiers.allocated("gpu", self.working_bytes(j))
         flat = self.buffers[j].read(stop=layout.streamed_bytes) if layout.streamed_bytes else None
         w = {**layout.decode(flat), **self.tables[j]}
         if self.experts[j]:
-            w[EXPERTS] = self._expert_loads[j] = ExpertLoads(self, j, expert_queue)
+            loads = w[EXPERTS] = self._expert_loads[j] = ExpertLoads(self, j, expert_queue)
+            if tokens is not None and self.untouched_experts(j, tokens) < 1:
+                loads.read_all()
         return w
+
+    def untouched_experts(self, j: int, tokens: int) -> float:
+        """Experts of layer j that `tokens` tokens leave unrouted, on average under uniform routing."""
+        experts = self.experts[j]
+        share = experts[0][1].specs[0].token_share  # k of E
+        return len(experts) * (1 - share) ** tokens
 
     def release(self, j: int):
         """The caller dropped the tensors of a `load(j)`."""
@@ -315,11 +326,22 @@ class ExpertLoads:
         for e in waiting:
             layout, buffer = self.units[e]
             self._hold(_working_bytes(layout, buffer))
-            self.store.experts_read["count"] += 1
-            self.store.experts_read["bytes"] += layout.nbytes
+            self._count(layout)
             self.loaded[e] = self.queue.submit(self._read, e) if self.queue is not None else self._read(e)
         for e in [e for e in experts if e not in waiting] + waiting:
             yield e, self._tensors(e)
+
+    def read_all(self):
+        """Every expert now, on this thread, before the router has run."""
+        for e, (layout, buffer) in self.units.items():
+            if not self._on_device(e):
+                self._hold(_working_bytes(layout, buffer))
+                self._count(layout)
+                self.loaded[e] = self._read(e)
+
+    def _count(self, layout):
+        self.store.experts_read["count"] += 1
+        self.store.experts_read["bytes"] += layout.nbytes
 
     def _on_device(self, e) -> bool:
         layout, buffer = self.units[e]

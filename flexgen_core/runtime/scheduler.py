@@ -133,7 +133,8 @@ class Scheduler:
         acts = Activations(self.tiers, policy.activations, self.read_queue, self.write_queue)
         self._cache_writes, self.step_seconds = {}, []
         n_layers = len(self.layers)
-        pending_w = self._load_weights(0)
+        tokens = [sum(b * job.prompt_len(k) for k, b in enumerate(job.batch_sizes)), sum(job.batch_sizes)]
+        pending_w = self._load_weights(0, tokens[0])
         held = [0]  # layers whose loaded weights count as device memory until released
         prefix = {}  # the shared prefix's hidden states and its keys and values at the current layer
         try:
@@ -144,7 +145,8 @@ class Scheduler:
                 for j, layer in enumerate(self.layers):
                     w = pending_w.result()
                     last = j == n_layers - 1 and step == job.num_steps - 1
-                    pending_w = None if last else self._load_weights((j + 1) % n_layers)
+                    pending_w = None if last else self._load_weights(
+                        (j + 1) % n_layers, tokens[0 if step == 0 and j + 1 < n_layers else 1])
                     if not last:
                         held.append((j + 1) % n_layers)
                     if step == 0 and job.prefix_len and layer.kind != "head":
@@ -195,12 +197,13 @@ class Scheduler:
 
         return fetch
 
-    def _load_weights(self, j: int):
-        """Layer j's weights: through the weights queue, or at once when they are views of device
-        memory (a thread hand-off per layer costs more than the views)."""
+    def _load_weights(self, j: int, tokens: int):
+        """Layer j's weights for a step over `tokens` tokens (the block's): through the weights queue,
+        or at once when they are views of device memory (a thread hand-off per layer costs more than
+        the views)."""
         if self.weights.resident(j):
-            return _Ready(self.weights.load(j, self.expert_queue))
-        return self.weight_queue.submit(self.weights.load, j, self.expert_queue)
+            return _Ready(self.weights.load(j, self.expert_queue, tokens))
+        return self.weight_queue.submit(self.weights.load, j, self.expert_queue, tokens)
 
     def _cache_read(self, cache, j: int, k: int, t: int):
         """Layer j, batch k's cache up to position t: through the reads queue once its last write is
