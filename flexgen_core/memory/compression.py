@@ -1,8 +1,13 @@
-"""Asymmetric min-max group-wise quantization (4 or 8 bits), as in the FlexGen paper.
+"""Asymmetric group-wise quantization (4 or 8 bits), as in the FlexGen paper.
 
 Values are cut into groups of `group_size` along the last dimension; each group
 stores its minimum and step in fp16 and one unsigned code per value, two codes per
 byte at 4 bits. A group with max == min stores step 0 and decodes to its minimum.
+
+Each group's range is its min and max (`ranges="minmax"`, the paper's), or the range of least
+squared error (`ranges="mse"`): min-max, the range shrunk about its middle by each of SHRINKS, then
+least-squares refits of minimum and step to the codes of the best so far, whichever reconstructs
+the group best (so never worse than min-max). The stored format and dequantization are the same.
 """
 from __future__ import annotations
 
@@ -14,16 +19,24 @@ import torch
 STATS_DTYPE = torch.float16  # per-group minimum and step: the paper's layout (4 bytes a group)
 
 
+RANGES = ("minmax", "mse")
+SHRINKS = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)  # of a group's min-max range, tried by ranges="mse"
+REFITS = 2
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     bits: int = 4
     group_size: int = 64
+    ranges: str = "minmax"
 
     def __post_init__(self):
         if self.bits not in (4, 8):
             raise ValueError(f"quantization bits must be 4 or 8, got {self.bits}")
         if self.group_size < 2 or self.group_size % 2:
             raise ValueError(f"quantization group size must be an even number >= 2, got {self.group_size}")
+        if self.ranges not in RANGES:
+            raise ValueError(f"quantization ranges must be one of {', '.join(RANGES)}, got {self.ranges!r}")
 
     @property
     def levels(self) -> int:
@@ -109,24 +122,67 @@ def _quantize_rows(x: torch.Tensor, cfg: QuantConfig) -> torch.Tensor:
     if g * gs != n:  # pad with the row's last value so padding never widens a group's range
         xf = torch.cat([xf, xf[:, -1:].expand(-1, g * gs - n)], dim=-1)
     groups = xf.reshape(-1, g, gs)
-    low = groups.amin(-1)
-    hi = groups.amax(-1)
-    # Round the stored minimum down and the step up, so fp16 storage cannot push
-    # a value outside the representable range of its group.
-    lo = low.to(STATS_DTYPE)
-    lo = torch.where(lo.float() > low, torch.nextafter(lo, torch.full_like(lo, -torch.inf)), lo)
-    step = ((hi - lo.float()) / cfg.levels).to(STATS_DTYPE)
-    step = torch.where(step.float() * cfg.levels < hi - lo.float(),
-                       torch.nextafter(step, torch.full_like(step, torch.inf)), step)
-    safe = torch.where(step > 0, step.float(), torch.ones_like(step, dtype=torch.float32))
-    codes = groups - lo.float()[..., None]  # a new tensor: the in-place steps below never touch x
-    codes.div_(safe[..., None]).round_().clamp_(0, cfg.levels)
-    codes.masked_fill_(~(step[..., None] > 0), 0)
-    codes = codes.to(torch.uint8).reshape(-1, g * gs)
+    lo, step = _minmax_range(groups, groups.amin(-1), groups.amax(-1), cfg.levels)
+    if cfg.ranges == "mse":
+        lo, step = _least_error_range(groups, lo, step, cfg.levels)
+    codes = _codes(groups, lo.float(), step.float(), cfg.levels).to(torch.uint8).reshape(-1, g * gs)
     if cfg.bits == 4:
         codes = codes[:, 0::2] | (codes[:, 1::2] << 4)
     stats = torch.cat([lo, step], dim=-1).contiguous().view(torch.uint8)
     return torch.cat([codes, stats], dim=-1)
+
+
+def _minmax_range(groups, low, high, levels):
+    """fp16 minimum and step covering [low, high]: the minimum rounded down and the step up, so fp16
+    storage cannot push a value outside the representable range of its group."""
+    lo = low.to(STATS_DTYPE)
+    lo = torch.where(lo.float() > low, torch.nextafter(lo, torch.full_like(lo, -torch.inf)), lo)
+    step = ((high - lo.float()) / levels).to(STATS_DTYPE)
+    step = torch.where(step.float() * levels < high - lo.float(),
+                       torch.nextafter(step, torch.full_like(step, torch.inf)), step)
+    return lo, step
+
+
+def _codes(groups, lo, step, levels):
+    """Codes [r, g, gs] (float) of fp32 values for a fp32 minimum and step [r, g]; 0 where step is 0."""
+    safe = torch.where(step > 0, step, torch.ones_like(step))
+    codes = groups - lo[..., None]  # a new tensor: the in-place steps below never touch the values
+    codes.div_(safe[..., None]).round_().clamp_(0, levels)
+    return codes.masked_fill_(~(step[..., None] > 0), 0)
+
+
+def _squared_error(groups, lo, step, levels):
+    codes = _codes(groups, lo, step, levels)
+    return (codes.mul_(step[..., None]).add_(lo[..., None]) - groups).pow_(2).sum(-1)
+
+
+def _least_error_range(groups, lo, step, levels):
+    """Per group, the fp16 (minimum, step) of least squared reconstruction error among: the min-max
+    range (lo, step), that range shrunk about its middle by each of SHRINKS, and REFITS least-squares
+    refits of minimum and step to the best codes so far."""
+    best_lo, best_step = lo, step
+    best = _squared_error(groups, lo.float(), step.float(), levels)
+
+    def consider(lo, step):
+        nonlocal best, best_lo, best_step
+        lo, step = lo.to(STATS_DTYPE), step.clamp_min(0).to(STATS_DTYPE)
+        err = _squared_error(groups, lo.float(), step.float(), levels)
+        better = err < best
+        best = torch.where(better, err, best)
+        best_lo, best_step = torch.where(better, lo, best_lo), torch.where(better, step, best_step)
+
+    low, high = groups.amin(-1), groups.amax(-1)
+    middle, width = (low + high) / 2, high - low
+    for shrink in SHRINKS:
+        consider(middle - shrink * width / 2, shrink * width / levels)
+    for _ in range(REFITS):  # least squares of x ~ lo + step * code over the group, codes held fixed
+        codes = _codes(groups, best_lo.float(), best_step.float(), levels)
+        code_mean, mean = codes.mean(-1), groups.mean(-1)
+        spread = (codes - code_mean[..., None]).pow_(2).sum(-1)
+        covariance = ((codes - code_mean[..., None]) * (groups - mean[..., None])).sum(-1)
+        step = torch.where(spread > 0, covariance / spread.clamp_min(1e-30), best_step.float())
+        consider(mean - step * code_mean, step)
+    return best_lo, best_step
 
 
 def _codes_and_stats(packed: torch.Tensor, n: int, cfg: QuantConfig):

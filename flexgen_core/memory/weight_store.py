@@ -175,7 +175,8 @@ class WeightStore:
         self.copy_folder = folder if any(unit[3][2] for unit in units) else None
         if self.copy_folder:  # kept for later runs: say what it is, and keep the directory under its cap
             description = {"model": source.identity, "dtype": str(dtype).split(".")[-1], "split": list(self.percents),
-                           "compression": None if quant is None else f"{quant.bits}-bit, groups of {quant.group_size}"}
+                           "compression": None if quant is None else
+                           f"{quant.bits}-bit, groups of {quant.group_size}, {quant.ranges} ranges"}
             for gone in weight_copies.keep(tiers.offload_dir, folder, description):
                 log.info("removed the least recently used weight copy %s (%s, split %s)", gone.path,
                          gone.about.get("model", "?"), gone.about.get("split", "?"))
@@ -441,7 +442,7 @@ class WeightSource:
 
     def cache_key(self, dtype: torch.dtype, percents, quant=None) -> str:
         stamp = {"layout": 3, "id": self.identity, "dummy": "tiled" if self.dummy else False, "dtype": str(dtype),
-                 "split": list(percents), "quant": None if quant is None else [quant.bits, quant.group_size]}
+                 "split": list(percents), "quant": None if quant is None else [quant.bits, quant.group_size, quant.ranges]}
         if self.reader is not None:
             stamp["files"] = sorted(
                 (os.path.basename(f), os.path.getsize(f), int(os.path.getmtime(f))) for f in set(self.reader.index.values())

@@ -48,6 +48,8 @@ class Policy:
     compress_cache: bool = False
     compression_bits: int = 4
     compression_group_size: int = 64
+    # how a weight group's 4/8-bit range is chosen: "minmax" (the paper's) or "mse" (least squared error)
+    weight_ranges: str = "minmax"
     attn_sparsity: float = 1.0  # fraction of attention scores kept per decode step (1.0: dense)
 
     def __post_init__(self):
@@ -65,6 +67,8 @@ class Policy:
             raise ValueError(f"Policy.compression_bits must be 4 or 8, got {self.compression_bits!r}")
         if self.compression_group_size < 1:
             raise ValueError(f"Policy.compression_group_size must be positive, got {self.compression_group_size!r}")
+        if self.weight_ranges not in ("minmax", "mse"):
+            raise ValueError(f"Policy.weight_ranges must be 'minmax' or 'mse', got {self.weight_ranges!r}")
         if not 0.0 < self.attn_sparsity <= 1.0:
             raise ValueError(f"Policy.attn_sparsity must be in (0, 1], got {self.attn_sparsity!r}")
 
@@ -92,6 +96,8 @@ class Policy:
         flags = [n for n in ("cpu_attention", "compress_weight", "compress_cache") if getattr(self, n)]
         if 0 < self.cpu_attention < 1:
             flags[0] = f"cpu_attention {self.cpu_attention:.0%}"
+        if self.compress_weight and self.weight_ranges != "minmax":
+            flags[flags.index("compress_weight")] = f"compress_weight ({self.weight_ranges} ranges)"
         if not self.overlap:
             flags.append("no-overlap")
         return text + (f"; {', '.join(flags)}" if flags else "")

@@ -121,7 +121,8 @@ class LLM:
 
             bar = tqdm(total=len(layers), desc="loading weights", unit="layer")
         try:
-            quant = QuantConfig(policy.compression_bits, policy.compression_group_size) if policy.compress_weight else None
+            quant = (QuantConfig(policy.compression_bits, policy.compression_group_size, policy.weight_ranges)
+                     if policy.compress_weight else None)
             weights = WeightStore(layers, tiers, policy.weights, dtype,
                                   WeightSource(path, dummy=dummy_weights, identity=path or spec.name), quant, bar)
         except BaseException:

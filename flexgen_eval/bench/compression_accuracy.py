@@ -32,21 +32,24 @@ import shlex
 import sys
 import time
 
-# name -> (compress_weight, compress_cache, bits, attn_sparsity), in the paper's Table 6 layout
+# name -> (compress_weight, compress_cache, bits, attn_sparsity, weight ranges), in the paper's Table 6
+# layout, plus the least-squared-error weight ranges ("mse") beside the paper's min-max
 CONFIGS = {
-    "fp32": (False, False, 4, 1.0),
-    "weights-4bit": (True, False, 4, 1.0),
-    "weights-8bit": (True, False, 8, 1.0),
-    "cache-4bit": (False, True, 4, 1.0),
-    "cache-8bit": (False, True, 8, 1.0),
-    "both-4bit": (True, True, 4, 1.0),
-    "both-8bit": (True, True, 8, 1.0),
-    "both-4bit-sparse0.1": (True, True, 4, 0.1),
+    "fp32": (False, False, 4, 1.0, "minmax"),
+    "weights-4bit": (True, False, 4, 1.0, "minmax"),
+    "weights-4bit-mse": (True, False, 4, 1.0, "mse"),
+    "weights-8bit": (True, False, 8, 1.0, "minmax"),
+    "cache-4bit": (False, True, 4, 1.0, "minmax"),
+    "cache-8bit": (False, True, 8, 1.0, "minmax"),
+    "both-4bit": (True, True, 4, 1.0, "minmax"),
+    "both-4bit-mse": (True, True, 4, 1.0, "mse"),
+    "both-8bit": (True, True, 8, 1.0, "minmax"),
+    "both-4bit-sparse0.1": (True, True, 4, 0.1, "minmax"),
 }
 # order in which a round runs them: baseline and the issue's target first, so an interrupted round
 # has the most important ones
-RUN_ORDER = ["fp32", "both-4bit", "weights-4bit", "cache-4bit", "both-4bit-sparse0.1", "weights-8bit",
-             "cache-8bit", "both-8bit"]
+RUN_ORDER = ["fp32", "both-4bit", "weights-4bit", "cache-4bit", "weights-4bit-mse", "both-4bit-mse",
+             "both-4bit-sparse0.1", "weights-8bit", "cache-8bit", "both-8bit"]
 TARGET = "both-4bit"
 TARGET_ACC_DROP = 2.0  # points
 TARGET_PPL_INCREASE = 10.0  # percent
@@ -254,7 +257,7 @@ def render_md(meta: dict, summary: dict, check: dict | None, names: list[str]) -
     ]
     for n in names:
         row = summary["table"][n]
-        w, c, bits, sp = CONFIGS[n]
+        w, c, bits, sp, ranges = CONFIGS[n]
         la, wt, d = row["lambada"], row["wikitext2"], row.get("delta", {})
         if n == "fp32":
             dacc = dlp = dwp = "—"
@@ -264,7 +267,7 @@ def render_md(meta: dict, summary: dict, check: dict | None, names: list[str]) -
             dlp = fmt(d.get("lambada_ppl_percent"), "+.1f") + "%"
             dwp = fmt(d.get("wikitext2_ppl_percent"), "+.1f") + "%"
         lines.append(
-            f"| {n} | {f'{bits}-bit' if w else 'fp32'} | {f'{bits}-bit' if c else 'fp32'} | "
+            f"| {n} | {f'{bits}-bit' + (f' {ranges}' if ranges != 'minmax' else '') if w else 'fp32'} | {f'{bits}-bit' if c else 'fp32'} | "
             f"{'dense' if sp >= 1 else f'top {sp:g}'} | {fmt(None if la['acc'] is None else 100 * la['acc'], '.2f')} | "
             f"{dacc} | {fmt(la['ppl'], '.3f')} | {dlp} | {fmt(wt['ppl'], '.3f')} | {dwp} | {row['seconds']:.0f} |")
     lines += [
@@ -324,13 +327,15 @@ def render_md(meta: dict, summary: dict, check: dict | None, names: list[str]) -
             "",
             "Relative error ‖deq(q(W)) − W‖ / ‖W‖ of the runtime's codec on the checkpoint's 2-D weights:",
             "",
-            "| weights | tensors | 32-value blocks with ≤ 16 distinct values | 4-bit g64 | 4-bit g32 | 8-bit g64 |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| weights | tensors | 32-value blocks with ≤ 16 distinct values | 4-bit g64 | 4-bit g32 | 8-bit g64 | "
+            "4-bit g64 mse | 4-bit g128 mse |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for label, d in (("transformer layers", ly), ("embedding (tied LM head)", em)):
             frac = d["blocks32_at_most_16_values"]
             lines.append(f"| {label} | {d['tensors']} | {fmt(None if frac is None else 100 * frac, '.1f')}% | "
-                         f"{d['4bit_g64']:.4f} | {d['4bit_g32']:.4f} | {d['8bit_g64']:.4f} |")
+                         f"{d['4bit_g64']:.4f} | {d['4bit_g32']:.4f} | {d['8bit_g64']:.4f} | "
+                         f"{fmt(d.get('4bit_g64_mse'), '.4f')} | {fmt(d.get('4bit_g128_mse'), '.4f')} |")
         lines += [
             "",
             "The layer weights are already Q4_1 (16 levels per 32-value block, from the GGUF the checkpoint was "
@@ -374,7 +379,8 @@ def weight_quant_error(model_path: str) -> dict:
     out = {}
     for part, pick in (("layers", lambda n: ".layers." in n), ("embedding", lambda n: "embed_tokens" in n)):
         names = [n for n, t in tensors.items() if t.dim() == 2 and pick(n)]
-        err = {f"{b}bit_g{g}": 0.0 for b, g in ((4, 64), (4, 32), (8, 64))}
+        err = {f"{b}bit_g{g}{r}": 0.0 for b, g, r in ((4, 64, ""), (4, 32, ""), (8, 64, ""), (4, 64, "_mse"),
+                                                          (4, 128, "_mse"))}
         norm, blocks, few = 0.0, 0, 0
         for n in names:
             w = tensors[n].float()
@@ -385,8 +391,8 @@ def weight_quant_error(model_path: str) -> dict:
                 blocks += b.shape[0]
                 few += int((distinct <= 16).sum())
             for key in err:
-                bits, gs = (int(x) for x in key.replace("bit_g", " ").split())
-                cfg = QuantConfig(bits, gs)
+                bits, gs = (int(x) for x in key.removesuffix("_mse").replace("bit_g", " ").split())
+                cfg = QuantConfig(bits, gs, "mse" if key.endswith("_mse") else "minmax")
                 err[key] += float((dequantize(quantize(w, cfg), w.shape[-1], cfg, torch.float32) - w).pow(2).sum())
         out[part] = {"tensors": len(names), **{k: math.sqrt(v / norm) for k, v in err.items()},
                      "blocks32_at_most_16_values": few / blocks if blocks else None}
@@ -516,14 +522,15 @@ def run(args) -> int:
     state["meta"]["weight_quant_error"] = weight_quant_error(model_path)
     llms = {}
     for n in run_order:
-        w, c, bits, sp = CONFIGS[n]
+        w, c, bits, sp, ranges = CONFIGS[n]
         policy = Policy(compress_weight=w, compress_cache=c, compression_bits=bits,
-                        compression_group_size=args.group_size, attn_sparsity=sp,
+                        compression_group_size=args.group_size, attn_sparsity=sp, weight_ranges=ranges,
                         gpu_batch_size=args.batch_size, num_gpu_batches=1)
         t = time.perf_counter()
         llms[n] = LLM.from_pretrained(model_path, policy=policy, device=args.device, dtype="float32")
         state["runs"][n] = {"policy": {"compress_weight": w, "compress_cache": c, "compression_bits": bits,
                                        "compression_group_size": args.group_size, "attn_sparsity": sp,
+                                       "weight_ranges": ranges,
                                        "gpu_batch_size": args.batch_size},
                             "load_seconds": time.perf_counter() - t, "seconds": 0.0, "lambada": {}, "wikitext": {}}
     print(f"{len(lambada)} LAMBADA docs, {len(order)}/{len(windows)} WikiText-2 windows of {args.window} "

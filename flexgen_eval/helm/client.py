@@ -53,6 +53,8 @@ class FlexGenClient(CachingClient):
             p = llm.policy
             self.identity["compression"] = [p.compress_weight, p.compress_cache, p.compression_bits,
                                             p.compression_group_size]
+            if p.compress_weight and p.weight_ranges != "minmax":  # earlier min-max runs keep their cache
+                self.identity["compression"].append(p.weight_ranges)
         if llm.policy.attn_sparsity < 1:
             self.identity["attn_sparsity"] = llm.policy.attn_sparsity
         self.prefetch_chunk = prefetch_chunk  # None: a whole run spec at once, cut into the runtime's blocks
