@@ -16,7 +16,7 @@ import os
 import torch
 
 from ..model.checkpoint import CheckpointReader
-from ..model.layers import EXPERTS, WeightSpec, storage_plan
+from ..model.layers import EXPERTS, WeightSpec, by_expert, storage_plan, unrouted_share
 from . import weight_copies
 from .compression import QuantConfig, dequantize, quantize
 from .io_queue import IOQueue
@@ -129,12 +129,9 @@ class WeightStore:
         folder = os.path.join(tiers.offload_dir, "weights", key)
         plan = []  # per layer: [(expert or None, layout, disk file, bytes per tier, a valid file is there)]
         for layer, (streamed, tables) in zip(layers, storage_plan(layers)):
-            own = LayerLayout([s for s in streamed if s.expert is None], tables, dtype, quant)
-            grouped: dict[int, list[WeightSpec]] = {}
-            for spec in streamed:
-                if spec.expert is not None:
-                    grouped.setdefault(spec.expert, []).append(spec)
-            experts = [(e, LayerLayout(specs, [], dtype, quant)) for e, specs in sorted(grouped.items())]
+            own_specs, grouped = by_expert(streamed)
+            own = LayerLayout(own_specs, tables, dtype, quant)
+            experts = [(e, LayerLayout(specs, [], dtype, quant)) for e, specs in grouped.items()]
             own_counts, expert_tiers = place_experts(own.nbytes, [x.nbytes for _, x in experts], self.percents)
             units = [(None, own, f"{layer.name}.bin", own_counts)]
             for (e, layout), tier in zip(experts, expert_tiers):
@@ -236,8 +233,7 @@ class WeightStore:
     def untouched_experts(self, j: int, tokens: int) -> float:
         """Experts of layer j that `tokens` tokens leave unrouted, on average under uniform routing."""
         experts = self.experts[j]
-        share = experts[0][1].specs[0].token_share  # k of E
-        return len(experts) * (1 - share) ** tokens
+        return len(experts) * unrouted_share(experts[0][1].specs[0].token_share, tokens)
 
     def release(self, j: int):
         """The caller dropped the tensors of a `load(j)`."""

@@ -61,6 +61,23 @@ def linear_specs(prefix: str, shapes, bias: bool, token_share: float = 1.0, expe
 EXPERTS = "<experts>"
 
 
+def unrouted_share(token_share: float, tokens: float) -> float:
+    """The share of a layer's experts that `tokens` tokens, each routed to a `token_share` (k of E) of
+    them uniformly, leave untouched."""
+    return (1 - token_share) ** tokens
+
+
+def by_expert(specs: list[WeightSpec]) -> tuple[list[WeightSpec], dict[int, list[WeightSpec]]]:
+    """A layer's own tensors, and each expert's, in expert order: what the weight store places apart."""
+    own, experts = [], {}
+    for spec in specs:
+        if spec.expert is None:
+            own.append(spec)
+        else:
+            experts.setdefault(spec.expert, []).append(spec)
+    return own, dict(sorted(experts.items()))
+
+
 def routed_experts(w: dict, experts: list[int]):
     """(expert, tensors) for each of `experts`: loaded on demand where the weight store placed
     experts apart, or from the layer's own weights."""

@@ -13,7 +13,7 @@ from functools import lru_cache
 
 from ..memory.weight_store import place_experts
 from ..model.families import family_of
-from ..model.layers import Widths, storage_plan
+from ..model.layers import Widths, storage_plan, unrouted_share
 from ..model.spec import ModelSpec
 
 KINDS = ("embed", "decoder", "head")
@@ -33,7 +33,7 @@ class LayerSizes:
         which under uniform routing misses it with probability (1 - k/E) per token."""
         if not self.experts:
             return self.streamed
-        return self.streamed - self.expert_values * (1 - self.experts_per_token / self.experts) ** tokens
+        return self.streamed - self.expert_values * unrouted_share(self.experts_per_token / self.experts, tokens)
 
 
 @dataclass(frozen=True)

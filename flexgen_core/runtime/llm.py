@@ -12,7 +12,7 @@ from ..memory.compression import QuantConfig
 from ..memory.tiers import TIERS, TierSet
 from ..memory.weight_store import WeightSource, WeightStore, place_experts
 from ..model.families import family_of
-from ..model.layers import storage_plan
+from ..model.layers import by_expert, storage_plan
 from ..model.spec import BUILTIN_CONFIGS, ModelSpec
 from ..planning.machine import default_hardware, resolve_budgets
 from ..planning.planner import InfeasibleBudget, plan_policy
@@ -459,15 +459,12 @@ def check_fits(spec: ModelSpec, policy: Policy, memory: dict, dtype: torch.dtype
     itemsize = torch.empty((), dtype=dtype).element_size()
     need = dict.fromkeys(TIERS, 0)
     for streamed, tables in storage_plan(layers):  # as the weight store places them, experts whole
-        experts: dict[int, int] = {}
-        for s in streamed:
-            if s.expert is not None:
-                experts[s.expert] = experts.get(s.expert, 0) + s.numel
-        own = sum(s.numel for s in streamed + tables if s.expert is None)
-        own_split, expert_tiers = place_experts(own, list(experts.values()), policy.weights)
+        own, grouped = by_expert(streamed + tables)
+        experts = [sum(s.numel for s in specs) for specs in grouped.values()]
+        own_split, expert_tiers = place_experts(sum(s.numel for s in own), experts, policy.weights)
         for tier, n in zip(TIERS, own_split):
             need[tier] += n * itemsize
-        for n, tier in zip(experts.values(), expert_tiers):
+        for n, tier in zip(experts, expert_tiers):
             need[TIERS[tier]] += n * itemsize
     for tier in TIERS:
         if tier in memory and memory[tier] is not None and need[tier] > parse_size(memory[tier]):
