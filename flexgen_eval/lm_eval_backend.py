@@ -70,6 +70,12 @@ def _as_bool(name, value) -> bool:
     raise ValueError(f"model_arg {name} must be true or false, got {value!r}")
 
 
+def _positive_int(name, value) -> int:
+    if not str(value).isdigit() or int(value) < 1:
+        raise ValueError(f"model_arg {name} must be a whole number of at least 1, got {value!r}")
+    return int(value)
+
+
 def resolve_device(device):
     """The CLI always passes --device (default cuda:0); without CUDA that means the CPU."""
     if device in (None, "", "auto"):
@@ -88,7 +94,8 @@ class FlexGenLM(TemplateLM):
                  percent=None, gpu_batch_size=None, num_gpu_batches=None, cpu_attention=None, overlap=None,
                  compress_weight=None, compress_cache=None, dummy_weights=False, tokenizer=None,
                  add_bos_token=None, prefix_token_id=None, max_length=None, max_gen_toks=256,
-                 chunk_blocks=None, hardware=None, llm: LLM | None = None, **unknown):
+                 chunk_blocks=None, hardware=None, data_parallel_size=None, ray_address=None,
+                 llm: LLM | None = None, **unknown):
         super().__init__()
         if unknown:
             raise TypeError(f"flexgen: unknown model_args {sorted(unknown)}; see flexgen_eval/lm_eval_backend.py")
@@ -110,11 +117,19 @@ class FlexGenLM(TemplateLM):
                               compress_cache=compress_cache) if explicit else None
         memory = {k: v for k, v in (("gpu", gpu_mem), ("cpu", cpu_mem), ("disk", disk_mem)) if v is not None}
         if llm is None:
-            llm = LLM.from_pretrained(str(pretrained), policy=policy, device=resolve_device(device), dtype=dtype,
-                                      offload_dir=offload_dir, dummy_weights=_as_bool("dummy_weights", dummy_weights),
-                                      memory=memory or None, max_block_size=cap, hardware=hardware,
-                                      compress_weight=_as_bool("compress_weight", compress_weight or False),
-                                      compress_cache=_as_bool("compress_cache", compress_cache or False))
+            load = dict(policy=policy, device=resolve_device(device), dtype=dtype, offload_dir=offload_dir,
+                        dummy_weights=_as_bool("dummy_weights", dummy_weights), memory=memory or None,
+                        max_block_size=cap, hardware=hardware,
+                        compress_weight=_as_bool("compress_weight", compress_weight or False),
+                        compress_cache=_as_bool("compress_cache", compress_cache or False))
+            workers = _positive_int("data_parallel_size", data_parallel_size or 1)
+            if workers > 1 or ray_address:
+                from flexgen_eval.parallel import DataParallelLLM
+
+                # each worker loads and plans its own copy within these budgets
+                llm = DataParallelLLM(str(pretrained), workers=workers, address=ray_address, **load)
+            else:
+                llm = LLM.from_pretrained(str(pretrained), **load)
             run_stats.track(llm, "lm_eval")
         self.llm = llm
         self._device = llm.device

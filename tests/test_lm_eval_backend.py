@@ -10,10 +10,10 @@ import zipfile
 import pytest
 
 pytest.importorskip("lm_eval")
-from lm_eval import simple_evaluate  # noqa: E402
+import eval_checks  # noqa: E402
+from eval_checks import evaluate, metrics, metrics_match, samples_match  # noqa: E402
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.api.model import CachingLM  # noqa: E402
-from lm_eval.tasks import TaskManager  # noqa: E402
 
 from flexgen_eval import lm_eval_register  # noqa: E402
 from flexgen_eval.lm_eval_backend import FlexGenLM, build_policy, parse_percent  # noqa: E402
@@ -41,7 +41,7 @@ def flexgen_lm(tiny_llama_dir):
 
 @pytest.fixture(scope="module")
 def task_manager():
-    return TaskManager(include_path=TASKS_DIR, include_defaults=False)
+    return eval_checks.task_manager()
 
 
 def _instances(kind, args_list):
@@ -117,33 +117,12 @@ def test_chat_template_matches_hf(hf_lm, flexgen_lm):
         hf_lm.tokenizer.chat_template = flexgen_lm.tokenizer.chat_template = None
 
 
-def _samples_match(hf_result, fg_result, task):
-    for want, got in zip(hf_result["samples"][task], fg_result["samples"][task], strict=True):
-        for w, g in zip(want["resps"], got["resps"], strict=True):
-            w, g = w[0], g[0]
-            if isinstance(w, str):
-                assert g == w
-            elif isinstance(w, (list, tuple)):  # (log-likelihood, is_greedy)
-                assert g[0] == pytest.approx(w[0], abs=TOL) and g[1] == w[1]
-            else:
-                assert g == pytest.approx(w, abs=TOL)
-
-
-def _evaluate(lm, tasks, task_manager, limit, **kw):
-    return simple_evaluate(model=lm, tasks=tasks, task_manager=task_manager, limit=limit, log_samples=True,
-                           bootstrap_iters=0, **kw)
-
-
-def _metrics(result, task):
-    return {k: v for k, v in result["results"][task].items() if "stderr" not in k}
-
-
 def test_demo_task_matches_hf_without_data(hf_lm, flexgen_lm, task_manager):
     task = "offline_demo_sequences"
-    hf = _evaluate(hf_lm, [task], task_manager, 8, num_fewshot=2)
-    fg = _evaluate(flexgen_lm, [task], task_manager, 8, num_fewshot=2)
-    assert _metrics(fg, task) == _metrics(hf, task)
-    _samples_match(hf, fg, task)
+    hf = evaluate(hf_lm, [task], task_manager, 8, num_fewshot=2)
+    fg = evaluate(flexgen_lm, [task], task_manager, 8, num_fewshot=2)
+    assert metrics(fg, task) == metrics(hf, task)
+    samples_match(hf, fg, task, TOL)
 
 
 @pytest.mark.parametrize("tasks,limit,shots", [
@@ -152,17 +131,11 @@ def test_demo_task_matches_hf_without_data(hf_lm, flexgen_lm, task_manager):
     (["offline_mmlu_management"], 8, 1),  # every question after the same example: blocks share it
 ])
 def test_offline_tasks_match_hf(hf_lm, flexgen_lm, task_manager, flexgen_data_dir, tasks, limit, shots):
-    hf = _evaluate(hf_lm, tasks, task_manager, limit, num_fewshot=shots)
-    fg = _evaluate(flexgen_lm, tasks, task_manager, limit, num_fewshot=shots)
+    hf = evaluate(hf_lm, tasks, task_manager, limit, num_fewshot=shots)
+    fg = evaluate(flexgen_lm, tasks, task_manager, limit, num_fewshot=shots)
+    metrics_match(hf, fg, tasks)
     for task in tasks:
-        want, got = _metrics(hf, task), _metrics(fg, task)
-        assert got.keys() == want.keys()
-        for key, value in want.items():
-            if key.startswith(("acc", "exact")):
-                assert got[key] == value, (task, key)
-            elif isinstance(value, float):
-                assert got[key] == pytest.approx(value, rel=1e-6), (task, key)
-        _samples_match(hf, fg, task)
+        samples_match(hf, fg, task, TOL)
 
 
 def test_missing_data_dir_names_the_variable(monkeypatch):

@@ -44,6 +44,19 @@ def test_each_bucket_of_lengths_gets_its_own_plan_with_the_same_outputs(tiny_opt
         assert s.logprobs == pytest.approx(r.logprobs, abs=1e-5)
 
 
+
+def test_a_planned_model_scores_choices_that_fill_the_whole_context(tiny_opt_dir):
+    # a context with its choice is a row of all 256 tokens (the last target is no input), scored with none
+    # generated after it; its bucket is planned as the longest prompt with room for one step (it once asked 257)
+    group = ([5] * 201, [[6] * 56, [7] * 56])  # 257 tokens: the last one is only a target
+    with LLM.from_pretrained(tiny_opt_dir, memory={"cpu": "1GiB"}, hardware="cpu") as planned:
+        got = planned.score_choices([group])[0]
+    with LLM.from_pretrained(tiny_opt_dir, policy=Policy(gpu_batch_size=1)) as fixed:
+        want = fixed.score_choices([group])[0]
+    for g, w in zip(got, want, strict=True):
+        assert len(g.logprobs) == 56 and g.logprobs == pytest.approx(w.logprobs, abs=1e-5)
+
+
 @pytest.mark.parametrize("kw", [
     dict(),
     dict(weights=(0, 0, 100)),

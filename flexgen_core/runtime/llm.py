@@ -142,6 +142,8 @@ class LLM:
         to a multiple of PROMPT_BUCKET), keeping the weights where they were loaded."""
         if self.replan is None:
             return self.policy
+        # a scored row may fill the whole context, with no token generated after it
+        prompt_len = min(prompt_len, self.spec.max_seq_len - new_tokens)
         bucket = max(prompt_len, min(-(-prompt_len // PROMPT_BUCKET) * PROMPT_BUCKET,
                                      self.spec.max_seq_len - new_tokens))
         for length in dict.fromkeys((bucket, prompt_len)):  # the exact length when the bucket's does not fit
@@ -183,8 +185,12 @@ class LLM:
     # requests the block finished, so a caller can store results as they come (a resumable run).
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | None = None,
-                 on_block: OnBlock | None = None) -> list[RequestOutput]:
+                 on_block: OnBlock | None = None, seed_ids: list[int] | None = None) -> list[RequestOutput]:
+        """seed_ids: the number each prompt's sampling is seeded by (default its position), so a
+        call split among workers samples what the whole call would."""
         params = params or SamplingParams()
+        if seed_ids is not None and len(seed_ids) != len(prompts):
+            raise ValueError(f"seed_ids has {len(seed_ids)} numbers for {len(prompts)} prompts")
         self._check_prompts(prompts, extra=params.max_new_tokens)
         if params.top_logprobs > self.spec.vocab_size:
             raise ValueError(f"SamplingParams.top_logprobs is {params.top_logprobs}, more than the vocabulary's "
@@ -198,7 +204,7 @@ class LLM:
         for i, prompt in enumerate(prompts):
             for c in range(copies):
                 rows.append(list(prompt))
-                samplers.append(RowSampler(params, i, c))
+                samplers.append(RowSampler(params, i if seed_ids is None else seed_ids[i], c))
                 owners.append(i)
         results = [None] * len(rows)
         rows_of = [[] for _ in prompts]

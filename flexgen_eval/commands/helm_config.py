@@ -38,6 +38,12 @@ def register(subparsers):
     p.add_argument("--prefetch-chunk", type=int,
                    help="with the batching runner, requests handed to the runtime per call (default: a whole run "
                         "spec; results are cached per block either way)")
+    scale = p.add_argument_group("scale-out", "Ray workers, each loading its own copy of the model within the "
+                                 "budgets above (one GPU each where the cluster has them); the batching runner "
+                                 "shares each run spec's requests among them.")
+    scale.add_argument("--data-parallel", type=int, metavar="N", help="number of workers (default: 1, no Ray)")
+    scale.add_argument("--ray-address", help="join this Ray cluster ('auto' or HOST:PORT) instead of starting a "
+                                             "local one")
     p.add_argument("--dtype", help="float32, float16 or bfloat16 (default: fp16 on GPU, fp32 on CPU)")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument("--offload-dir", help="directory for the disk tier")
@@ -79,7 +85,9 @@ def run(args) -> int:
             client_args["hardware"] = args.hardware
         if (args.plan_prompt_len, args.plan_gen_len) != (512, 32):
             client_args["workload"] = [args.plan_prompt_len, args.plan_gen_len]
-    for key in ("dtype", "device", "offload_dir", "prefetch_chunk"):
+    if args.data_parallel is not None and args.data_parallel < 1:
+        raise ValueError(f"--data-parallel must be at least 1, got {args.data_parallel}")
+    for key in ("dtype", "device", "offload_dir", "prefetch_chunk", "data_parallel", "ray_address"):
         if getattr(args, key):
             client_args[key] = getattr(args, key)
     if CHAT[args.chat_template] is not None:

@@ -27,7 +27,7 @@ class FlexGenClient(CachingClient):
                  offload_dir: str | None = None, apply_chat_template: bool | None = None,
                  end_of_text_token: str | None = None, max_batch: int = 256, prefetch_chunk: int | None = None,
                  hardware: str | None = None, workload: list | None = None, compress_weight: bool = False,
-                 compress_cache: bool = False):
+                 compress_cache: bool = False, data_parallel: int = 1, ray_address: str | None = None):
         super().__init__(cache_config=cache_config)
         pol = policy_from_args(policy, percent)
         planning = {"compress_weight": bool(compress_weight), "compress_cache": bool(compress_cache)}
@@ -37,7 +37,7 @@ class FlexGenClient(CachingClient):
             planning["workload"] = tuple(int(x) for x in workload)
         start = time.time()
         self.shared = load_llm(model, pol, dtype=dtype, device=device, memory=memory, offload_dir=offload_dir,
-                               **planning)
+                               data_parallel=data_parallel, ray_address=ray_address, **planning)
         load_s = time.time() - start
         llm = self.shared.llm
         self.tokenizer = llm.tokenizer

@@ -44,17 +44,25 @@ def policy_from_args(policy: dict | None = None, percent=None):
 
 
 def load_llm(model: str, policy=None, dtype=None, device=None, memory: dict | None = None,
-             offload_dir: str | None = None, **planning) -> SharedLLM:
+             offload_dir: str | None = None, data_parallel: int = 1, ray_address: str | None = None,
+             **planning) -> SharedLLM:
     """The shared instance for these settings, loading it on first use. `planning`: the planner's
-    hardware, workload and compression flags, used when there is no policy."""
+    hardware, workload and compression flags, used when there is no policy. With `data_parallel`
+    > 1 (or a `ray_address`) that many Ray workers each load a copy, and the instance shares every
+    call among them."""
     from flexgen_core import LLM
 
     key = (str(model), repr(policy), str(dtype), str(device), repr(sorted((memory or {}).items())), offload_dir,
-           repr(sorted(planning.items())))
+           int(data_parallel), ray_address, repr(sorted(planning.items())))
     with _lock:
         if key not in _loaded:
-            llm = LLM.from_pretrained(model, policy=policy, device=device, dtype=dtype, offload_dir=offload_dir,
-                                      memory=memory, **planning)
+            load = dict(policy=policy, device=device, dtype=dtype, offload_dir=offload_dir, memory=memory, **planning)
+            if int(data_parallel) > 1 or ray_address:
+                from flexgen_eval.parallel import DataParallelLLM
+
+                llm = DataParallelLLM(model, workers=int(data_parallel), address=ray_address, **load)
+            else:
+                llm = LLM.from_pretrained(model, **load)
             from flexgen_eval import run_stats
 
             run_stats.track(llm, "helm")
