@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from flexgen_core import LLM, Policy, SamplingParams
 from flexgen_core.planning.policy import parse_cpu_attention
-from flexgen_eval import run_stats
+from flexgen_eval import lm_eval_ranks, run_stats
 
 # under lm-eval's logger, so its --verbosity shows the budgets and the plan
 log = logging.getLogger("lm_eval.models.flexgen")
@@ -116,6 +116,9 @@ class FlexGenLM(TemplateLM):
                               cpu_attention=cpu_attention, overlap=overlap, compress_weight=compress_weight,
                               compress_cache=compress_cache) if explicit else None
         memory = {k: v for k, v in (("gpu", gpu_mem), ("cpu", cpu_mem), ("disk", disk_mem)) if v is not None}
+        ranks = lm_eval_ranks.launched_world_size() > 1 and llm is None
+        if ranks:  # accelerate launch / torchrun: this process evaluates its rank's shard on its own GPU
+            device = lm_eval_ranks.rank_device(resolve_device(device))
         if llm is None:
             load = dict(policy=policy, device=resolve_device(device), dtype=dtype, offload_dir=offload_dir,
                         dummy_weights=_as_bool("dummy_weights", dummy_weights), memory=memory or None,
@@ -123,6 +126,9 @@ class FlexGenLM(TemplateLM):
                         compress_weight=_as_bool("compress_weight", compress_weight or False),
                         compress_cache=_as_bool("compress_cache", compress_cache or False))
             workers = _positive_int("data_parallel_size", data_parallel_size or 1)
+            if ranks and (workers > 1 or ray_address):
+                raise ValueError("flexgen: data_parallel_size / ray_address shard requests over Ray workers; under "
+                                 "accelerate launch or torchrun every rank is a worker already: use one or the other")
             if workers > 1 or ray_address:
                 from flexgen_eval.parallel import DataParallelLLM
 
@@ -133,6 +139,8 @@ class FlexGenLM(TemplateLM):
             run_stats.track(llm, "lm_eval")
         self.llm = llm
         self._device = llm.device
+        if ranks:
+            self._rank, self._world_size = lm_eval_ranks.join(llm.device)
         self.tokenizer = self._load_tokenizer(tokenizer, add_bos_token)
         if llm.tokenizer is None:
             llm.tokenizer = self.tokenizer  # the runtime needs one for stop strings
@@ -144,6 +152,17 @@ class FlexGenLM(TemplateLM):
         if llm.budgets is not None:
             log.info("flexgen %s", llm.budgets.describe())
         log.info("flexgen %s", llm.describe_placement())
+
+    # -- ranks under accelerate launch / torchrun (lm-eval's evaluator joins the shards) ------------
+    def all_gather(self, tensor):
+        return tensor if self.world_size <= 1 else lm_eval_ranks.all_gather(tensor)
+
+    def gather_object(self, obj, dst=0):
+        return [obj] if self.world_size <= 1 else lm_eval_ranks.gather_object(obj, dst)
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            lm_eval_ranks.barrier()
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
