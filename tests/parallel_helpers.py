@@ -5,13 +5,13 @@ import json
 import os
 
 
-def load_logging(path: str, log: str, crash_marker: str | None = None, **kwargs):
+def load_logging(path: str, log: str, crash_marker: str | None = None, sharing: int = 1, **kwargs):
     """An LLM that appends every request it starts computing to `log`; with `crash_marker`, the
     first worker to start a chunk (the one that creates the marker) dies there, as an out-of-memory
     kill would: after it has started, before it answers."""
-    from flexgen_core import LLM
+    from flexgen_eval.parallel.worker import load_pretrained
 
-    return _Logging(LLM.from_pretrained(path, **kwargs), log, crash_marker)
+    return _Logging(load_pretrained(path, sharing=sharing, **kwargs), log, crash_marker)
 
 
 class _Logging:

@@ -71,6 +71,8 @@ def test_chunks_cover_every_request_once_alike_together_costliest_first():
 def test_every_call_gives_what_one_llm_gives(pair, single):
     assert pair.workers == 2 and pair.nodes == 1 and pair.threads == 1
     assert "2 data-parallel workers" in pair.describe_placement()
+    # the node's memory is shared out between its two workers
+    assert pair.budgets.bytes["cpu"] < 0.6 * single.budgets.bytes["cpu"]
     prompts = _prompts(single.tokenizer)
 
     blocks = _Blocks()

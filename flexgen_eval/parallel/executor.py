@@ -76,18 +76,22 @@ class DataParallelLLM:
                              f"cluster has {cpus}: use fewer workers or threads, or add nodes")
         self.max_retries, self.chunks_per_worker = int(max_retries), int(chunks_per_worker)
         self.threads, self.gpus = threads, gpus
-        load = load or functools.partial(load_pretrained, name_or_dir, **llm_kwargs)
+        self._load = load or functools.partial(load_pretrained, name_or_dir, **llm_kwargs)
         actor = ray.remote(Worker).options(num_cpus=threads, num_gpus=gpus, max_restarts=int(max_restarts),
                                            max_task_retries=0, scheduling_strategy="SPREAD")
-        self._workers = [actor.remote(load, threads) for _ in range(n)]
+        self._workers = [actor.remote(threads) for _ in range(n)]
         self._live = list(self._workers)
-        pending = [w.describe.remote() for w in self._workers]  # they load in parallel
-        _, waiting = ray.wait(pending, num_returns=n, timeout=STARTUP_WARNING_S)
+        placed = [w.node.remote() for w in self._workers]
+        _, waiting = ray.wait(placed, num_returns=n, timeout=STARTUP_WARNING_S)
         if waiting:
             log.warning("flexgen: %d of %d workers have not started after %d s; the Ray cluster may lack "
                         "their resources (%d CPUs and %d GPUs each)", len(waiting), n, STARTUP_WARNING_S, threads, gpus)
+        nodes = ray.get(placed)
+        # workers of one node share its memory: each plans within its part of what is not named
+        self._sharing = {w: nodes.count(node) for w, node in zip(self._workers, nodes)}
+        ray.get([w.load.remote(self._load, self._sharing[w]) for w in self._workers])  # in parallel
         try:
-            described = ray.get(pending)
+            described = ray.get([w.describe.remote() for w in self._workers])
         except ray.exceptions.RayTaskError as e:  # the loader's own error: bad path, impossible budget
             self.close()
             raise (e.cause if isinstance(e.cause, BaseException) else e) from None
@@ -133,7 +137,8 @@ class DataParallelLLM:
         ray.get([w.set_tokenizer.remote(tokenizer) for w in self._live])
 
     def describe_placement(self) -> str:
-        return f"{self.workers} data-parallel workers on {self.nodes} node(s), each {self._placement}"
+        return (f"{self.workers} data-parallel workers on {self.nodes} node(s), each {self._placement} "
+                "(memory not named is shared out among a node's workers)")
 
     @property
     def totals(self) -> dict:
@@ -205,14 +210,14 @@ class DataParallelLLM:
             except _worker_failures() as e:
                 if chunk is None and isinstance(e, ray.exceptions.ActorUnavailableError):
                     time.sleep(RESTART_POLL_S)  # still restarting: ask again
-                    in_flight[worker.ready.remote()] = (worker, None)
+                    in_flight[self._reload(worker)] = (worker, None)
                     continue
                 if chunk is None:  # no restart left
                     self._live.remove(worker)
                     log.warning("flexgen: a worker is gone for good (%s); %d left", type(e).__name__, len(self._live))
                     continue
                 self._hand_over(chunk, tries, queue, e)
-                in_flight[worker.ready.remote()] = (worker, None)  # answers once Ray has restarted it
+                in_flight[self._reload(worker)] = (worker, None)  # answers once Ray has restarted it
                 continue
             except ray.exceptions.RayTaskError as e:
                 idle.append(worker)
@@ -222,10 +227,15 @@ class DataParallelLLM:
                 else:
                     failed.append((chunk[0], e.cause if isinstance(e.cause, BaseException) else e))
                 continue
-            idle.append(worker)
-            if chunk is None:  # restarted: it lost what it was told since loading
+            if chunk is None:  # restarted and loaded again, or not loadable any more
+                if not answer:
+                    self._live.remove(worker)
+                    log.warning("flexgen: a restarted worker could not load the model; %d left", len(self._live))
+                    continue
                 if self._tokenizer_override is not None:
                     worker.set_tokenizer.remote(self._tokenizer_override)
+            idle.append(worker)
+            if chunk is None:
                 continue
             out, self._stats[worker] = answer
             finished = list(zip(chunk, out))
@@ -239,6 +249,10 @@ class DataParallelLLM:
                 error.add_note(f"(request {index} of this {method} call; its other requests were computed)")
             raise error
         return results
+
+    def _reload(self, worker):
+        """A restarted actor has lost its model: load it again (True once loaded)."""
+        return worker.load.remote(self._load, self._sharing[worker])
 
     def _hand_over(self, chunk, tries, queue, error):
         key = tuple(chunk)
