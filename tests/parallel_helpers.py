@@ -8,7 +8,7 @@ import os
 def load_logging(path: str, log: str, crash_marker: str | None = None, sharing: int = 1, **kwargs):
     """An LLM that appends every request it starts computing to `log`; with `crash_marker`, the
     first worker to start a chunk (the one that creates the marker) dies there, as an out-of-memory
-    kill would: after it has started, before it answers."""
+    kill would: after it has started, before it answers; with crash_marker="always", every one does."""
     from flexgen_eval.parallel.worker import load_pretrained
 
     return _Logging(load_pretrained(path, sharing=sharing, **kwargs), log, crash_marker)
@@ -30,6 +30,8 @@ class _Logging:
     def _started(self, keys):
         with open(self.log, "a") as f:
             f.writelines(json.dumps(k) + "\n" for k in keys)
+        if self.crash_marker == "always":
+            os._exit(1)
         if self.crash_marker is not None:
             try:
                 os.close(os.open(self.crash_marker, os.O_CREAT | os.O_EXCL))

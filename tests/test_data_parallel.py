@@ -11,7 +11,10 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from flexgen_core import LLM, SamplingParams  # noqa: E402
-from flexgen_eval.parallel import DataParallelLLM  # noqa: E402
+from flexgen_eval.parallel import (
+    DataParallelLLM,  # noqa: E402
+    chunks,  # noqa: E402
+)
 from flexgen_eval.parallel.chunks import make_chunks  # noqa: E402
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -24,6 +27,7 @@ OTHERS = ["The capital of France is", "A B C D E F G H", "Once upon a time there
 @pytest.fixture(scope="module")
 def local_ray():
     with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(chunks, "MIN_CHUNK_REQUESTS", 1)  # the tests' small calls still spread over both workers
         mp.setenv("PYTHONPATH", os.pathsep.join(p for p in (TESTS, os.environ.get("PYTHONPATH")) if p))
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20, log_to_driver=False)
         yield
@@ -59,12 +63,15 @@ class _Blocks(list):
 def test_chunks_cover_every_request_once_alike_together_costliest_first():
     keys = [[1, 2, 3, i] for i in range(6)] + [[9, i] for i in range(6)]
     costs = [4] * 6 + [30] * 6
-    chunks = make_chunks(keys, costs, workers=2, per_worker=2)
+    chunks = make_chunks(keys, costs, workers=2, per_worker=2, min_requests=1)
     assert sorted(i for c in chunks for i in c) == list(range(12))
     work = [sum(costs[i] for i in c) for c in chunks]
     assert work == sorted(work, reverse=True)
     assert any(set(range(6)) <= set(c) for c in chunks)  # the six alike prompts share one chunk
-    assert len(make_chunks(keys, costs, workers=2, per_worker=2, max_requests=2)) == 6
+    assert len(make_chunks(keys, costs, workers=2, per_worker=2, max_requests=2, min_requests=1)) == 6
+    # a small call is cut into fewer chunks, so that each fills a block
+    assert len(make_chunks(keys, costs, workers=2, per_worker=4, min_requests=6)) == 2
+    assert len(make_chunks(keys, costs, workers=2, per_worker=4, min_requests=16)) == 1
     assert make_chunks([], [], workers=2) == []
 
 
@@ -130,6 +137,22 @@ def test_a_killed_worker_hands_its_chunk_to_another(local_ray, tiny_llama_dir, s
     computed = Counter(tuple(json.loads(line)) for line in log.read_text().splitlines())
     assert set(computed) == {tuple(p) for p in prompts}
     assert max(computed.values()) == 2 and all(n <= 2 for n in computed.values())
+
+
+def test_retries_are_bounded(local_ray, tiny_llama_dir, single, tmp_path):
+    from parallel_helpers import load_logging
+
+    from flexgen_eval.parallel import WorkerLost
+
+    log = tmp_path / "computed.jsonl"
+    load = functools.partial(load_logging, tiny_llama_dir, str(log), crash_marker="always", dtype="float32",
+                             device="cpu")
+    groups = [(p, [[5, 6], [7]]) for p in _prompts(single.tokenizer)]
+    with DataParallelLLM(load=load, workers=2, max_retries=1, max_restarts=1) as dp:
+        with pytest.raises(WorkerLost, match="lost 2 workers|every worker died"):
+            dp.score_choices(groups)
+    # no chunk was started more than 1 + max_retries times
+    assert max(Counter(log.read_text().splitlines()).values()) <= 2
 
 
 def test_load_errors_are_the_loaders_own(local_ray, tmp_path):

@@ -12,6 +12,8 @@ ray = pytest.importorskip("ray")
 import eval_checks  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
+from flexgen_eval.parallel import chunks  # noqa: E402
+
 TESTS = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.dirname(sys.executable)
 TOL = 1e-5
@@ -21,6 +23,7 @@ STORE = 128 * 2**20
 @pytest.fixture(scope="module")
 def two_nodes():
     with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(chunks, "MIN_CHUNK_REQUESTS", 1)  # the tests' small calls still spread over both nodes
         mp.setenv("PYTHONPATH", os.pathsep.join(p for p in (TESTS, os.environ.get("PYTHONPATH")) if p))
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": STORE})
         cluster.add_node(num_cpus=1, object_store_memory=STORE)
@@ -74,10 +77,10 @@ def test_helm_run_joins_the_cluster_and_predicts_what_one_process_does(two_nodes
     for suite, extra in runs.items():
         _run([os.path.join(BIN, "flexgen-eval"), "helm-config", "--model", tiny_llama_dir, "--name", "tiny",
               "--dtype", "float32", "--device", "cpu", "--out", f"prod_env_{suite}", *extra], tmp_path)
-        log = _run([os.path.join(BIN, "helm-run"), "--run-entries", entry, "--max-eval-instances", "6",
+        log = _run([os.path.join(BIN, "helm-run"), "--run-entries", entry, "--max-eval-instances", "40",
                     "--local-path", f"prod_env_{suite}", "-o", "out", "--suite", suite,
                     "--runner-class-name", "flexgen_eval.helm.runner.BatchingRunner"], tmp_path)
         if extra:
             assert "2 data-parallel workers on 2 node(s)" in log
     single, spread = _predictions(tmp_path / "out", "single"), _predictions(tmp_path / "out", "two-nodes")
-    assert len(single) == 6 and spread == single
+    assert len(single) == 40 and spread == single  # 40: two chunks of at least MIN_CHUNK_REQUESTS
