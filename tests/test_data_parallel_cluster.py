@@ -1,15 +1,14 @@
 """Data parallelism across two Ray nodes (`ray.cluster_utils.Cluster`, one CPU each): one worker
 per node; lm-eval gives the single process's samples, and `helm-run` joins the cluster through
 `helm-config --data-parallel 2 --ray-address` and predicts what the single process predicts."""
-import json
 import os
-import subprocess
 import sys
 
 import pytest
 
 ray = pytest.importorskip("ray")
 import eval_checks  # noqa: E402
+import helm_runs  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from flexgen_eval.parallel import chunks  # noqa: E402
@@ -56,31 +55,18 @@ def test_lm_eval_on_two_nodes_gives_the_samples_of_one_process(two_nodes, tiny_l
     eval_checks.metrics_match(want, got, tasks, rel=1e-4)
 
 
-def _run(cmd, cwd):
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
-
-
-def _predictions(out_dir, suite):
-    runs = os.path.join(out_dir, "runs", suite)
-    (run,) = [d for d in os.listdir(runs) if d.startswith("synthetic_reasoning")]
-    with open(os.path.join(runs, run, "scenario_state.json")) as f:
-        states = json.load(f)["request_states"]
-    return [s["result"]["completions"][0]["text"] for s in states]
-
-
 def test_helm_run_joins_the_cluster_and_predicts_what_one_process_does(two_nodes, tiny_llama_dir, tmp_path):
     pytest.importorskip("helm")
     entry = "synthetic_reasoning:mode=pattern_match,model=flexgen/tiny"
     runs = {"single": [], "two-nodes": ["--data-parallel", "2", "--ray-address", two_nodes.address]}
     for suite, extra in runs.items():
-        _run([os.path.join(BIN, "flexgen-eval"), "helm-config", "--model", tiny_llama_dir, "--name", "tiny",
+        helm_runs.run([os.path.join(BIN, "flexgen-eval"), "helm-config", "--model", tiny_llama_dir, "--name", "tiny",
               "--dtype", "float32", "--device", "cpu", "--out", f"prod_env_{suite}", *extra], tmp_path)
-        log = _run([os.path.join(BIN, "helm-run"), "--run-entries", entry, "--max-eval-instances", "40",
+        log = helm_runs.run([os.path.join(BIN, "helm-run"), "--run-entries", entry, "--max-eval-instances", "40",
                     "--local-path", f"prod_env_{suite}", "-o", "out", "--suite", suite,
                     "--runner-class-name", "flexgen_eval.helm.runner.BatchingRunner"], tmp_path)
         if extra:
             assert "2 data-parallel workers on 2 node(s)" in log
-    single, spread = _predictions(tmp_path / "out", "single"), _predictions(tmp_path / "out", "two-nodes")
+    single = helm_runs.predictions(tmp_path / "out", "single")
+    spread = helm_runs.predictions(tmp_path / "out", "two-nodes")
     assert len(single) == 40 and spread == single  # 40: two chunks of at least MIN_CHUNK_REQUESTS

@@ -2,7 +2,6 @@
 run spec end to end through `helm-run` and `helm-summarize`."""
 import json
 import os
-import subprocess
 import sys
 import threading
 
@@ -10,6 +9,7 @@ import pytest
 
 pytest.importorskip("helm")
 
+import helm_runs  # noqa: E402
 from helm.common.cache import BlackHoleCacheConfig, SqliteCacheConfig  # noqa: E402
 from helm.common.request import Request  # noqa: E402
 from helm.proxy.retry import NonRetriableException  # noqa: E402
@@ -245,20 +245,6 @@ def test_offline_data_layout(tmp_path):
     assert prepare(str(data), str(out)) == []  # idempotent
 
 
-def _run(cmd, cwd):
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
-
-
-def _predictions(out_dir, suite):
-    runs = os.path.join(out_dir, "runs", suite)
-    (run,) = [d for d in os.listdir(runs) if d.startswith("synthetic_reasoning")]
-    with open(os.path.join(runs, run, "scenario_state.json")) as f:
-        states = json.load(f)["request_states"]
-    return [s["result"]["completions"][0]["text"] for s in states]
-
-
 def test_helm_run_end_to_end(tiny_llama_dir, tmp_path):
     """helm-config, then one offline run spec through helm-run with the batching runner and with
     the stock runner (micro-batching, 3 threads): same predictions; then helm-summarize."""
@@ -274,13 +260,14 @@ def test_helm_run_end_to_end(tiny_llama_dir, tmp_path):
     entry = "synthetic_reasoning:mode=pattern_match,model=flexgen/tiny"
     common = [os.path.join(BIN, "helm-run"), "--run-entries", entry, "--max-eval-instances", "5",
               "--local-path", "prod_env", "-o", "out"]
-    log = _run(common + ["--suite", "batched", "--runner-class-name", "flexgen_eval.helm.runner.BatchingRunner"],
+    log = helm_runs.run(common + ["--suite", "batched", "--runner-class-name", "flexgen_eval.helm.runner.BatchingRunner"],
                tmp_path)
     assert "flexgen: batch of 5 requests" in log
-    _run(common + ["--suite", "threads", "-n", "3", "--disable-cache"], tmp_path)
-    batched, threaded = _predictions(tmp_path / "out", "batched"), _predictions(tmp_path / "out", "threads")
+    helm_runs.run(common + ["--suite", "threads", "-n", "3", "--disable-cache"], tmp_path)
+    batched = helm_runs.predictions(tmp_path / "out", "batched")
+    threaded = helm_runs.predictions(tmp_path / "out", "threads")
     assert len(batched) == 5 and batched == threaded
-    _run([os.path.join(BIN, "helm-summarize"), "--suite", "batched", "-o", "out"], tmp_path)
+    helm_runs.run([os.path.join(BIN, "helm-summarize"), "--suite", "batched", "-o", "out"], tmp_path)
     assert (tmp_path / "out" / "runs" / "batched" / "summary.json").exists()
 
 
