@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from flexgen_core import LLM, Policy, SamplingParams
 from flexgen_core.planning.policy import parse_cpu_attention
-from flexgen_eval import lm_eval_ranks, run_stats
+from flexgen_eval import lm_eval_ranks, parallel, run_stats
 
 # under lm-eval's logger, so its --verbosity shows the budgets and the plan
 log = logging.getLogger("lm_eval.models.flexgen")
@@ -117,10 +117,11 @@ class FlexGenLM(TemplateLM):
                               compress_cache=compress_cache) if explicit else None
         memory = {k: v for k, v in (("gpu", gpu_mem), ("cpu", cpu_mem), ("disk", disk_mem)) if v is not None}
         ranks = lm_eval_ranks.launched_world_size() > 1 and llm is None
+        device = resolve_device(device)
         if ranks:  # accelerate launch / torchrun: this process evaluates its rank's shard on its own GPU
-            device = lm_eval_ranks.rank_device(resolve_device(device))
+            device = lm_eval_ranks.rank_device(device)
         if llm is None:
-            load = dict(policy=policy, device=resolve_device(device), dtype=dtype, offload_dir=offload_dir,
+            load = dict(policy=policy, device=device, dtype=dtype, offload_dir=offload_dir,
                         dummy_weights=_as_bool("dummy_weights", dummy_weights), memory=memory or None,
                         max_block_size=cap, hardware=hardware,
                         compress_weight=_as_bool("compress_weight", compress_weight or False),
@@ -129,13 +130,7 @@ class FlexGenLM(TemplateLM):
             if ranks and (workers > 1 or ray_address):
                 raise ValueError("flexgen: data_parallel_size / ray_address shard requests over Ray workers; under "
                                  "accelerate launch or torchrun every rank is a worker already: use one or the other")
-            if workers > 1 or ray_address:
-                from flexgen_eval.parallel import DataParallelLLM
-
-                # each worker loads and plans its own copy within these budgets
-                llm = DataParallelLLM(str(pretrained), workers=workers, address=ray_address, **load)
-            else:
-                llm = LLM.from_pretrained(str(pretrained), **load)
+            llm = parallel.load(str(pretrained), workers, ray_address, **load)  # each worker plans within these budgets
             run_stats.track(llm, "lm_eval")
         self.llm = llm
         self._device = llm.device

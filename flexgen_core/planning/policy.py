@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..memory.compression import RANGES
+
 
 def parse_cpu_attention(value) -> float:
     """cpu_attention as typed (a CLI flag, an lm-eval model_arg): true / false (also on / off, yes / no)
@@ -67,8 +69,8 @@ class Policy:
             raise ValueError(f"Policy.compression_bits must be 4 or 8, got {self.compression_bits!r}")
         if self.compression_group_size < 1:
             raise ValueError(f"Policy.compression_group_size must be positive, got {self.compression_group_size!r}")
-        if self.weight_ranges not in ("minmax", "mse"):
-            raise ValueError(f"Policy.weight_ranges must be 'minmax' or 'mse', got {self.weight_ranges!r}")
+        if self.weight_ranges not in RANGES:
+            raise ValueError(f"Policy.weight_ranges must be one of {', '.join(RANGES)}, got {self.weight_ranges!r}")
         if not 0.0 < self.attn_sparsity <= 1.0:
             raise ValueError(f"Policy.attn_sparsity must be in (0, 1], got {self.attn_sparsity!r}")
 

@@ -50,19 +50,14 @@ def load_llm(model: str, policy=None, dtype=None, device=None, memory: dict | No
     hardware, workload and compression flags, used when there is no policy. With `data_parallel`
     > 1 (or a `ray_address`) that many Ray workers each load a copy, and the instance shares every
     call among them."""
-    from flexgen_core import LLM
+    from flexgen_eval import parallel
 
     key = (str(model), repr(policy), str(dtype), str(device), repr(sorted((memory or {}).items())), offload_dir,
            int(data_parallel), ray_address, repr(sorted(planning.items())))
     with _lock:
         if key not in _loaded:
-            load = dict(policy=policy, device=device, dtype=dtype, offload_dir=offload_dir, memory=memory, **planning)
-            if int(data_parallel) > 1 or ray_address:
-                from flexgen_eval.parallel import DataParallelLLM
-
-                llm = DataParallelLLM(model, workers=int(data_parallel), address=ray_address, **load)
-            else:
-                llm = LLM.from_pretrained(model, **load)
+            llm = parallel.load(model, data_parallel, ray_address, policy=policy, device=device, dtype=dtype,
+                                offload_dir=offload_dir, memory=memory, **planning)
             from flexgen_eval import run_stats
 
             run_stats.track(llm, "helm")

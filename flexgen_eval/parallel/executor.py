@@ -75,7 +75,7 @@ class DataParallelLLM:
             raise ValueError(f"data_parallel_size={n} x {threads} threads needs {n * threads} CPUs; the Ray "
                              f"cluster has {cpus}: use fewer workers or threads, or add nodes")
         self.max_retries, self.chunks_per_worker = int(max_retries), int(chunks_per_worker)
-        self.threads, self.gpus = threads, gpus
+        self.threads = threads
         self._load = load or functools.partial(load_pretrained, name_or_dir, **llm_kwargs)
         actor = ray.remote(Worker).options(num_cpus=threads, num_gpus=gpus, max_restarts=int(max_restarts),
                                            max_task_retries=0, scheduling_strategy="SPREAD")

@@ -1,7 +1,6 @@
 """What runs inside each Ray worker process: one LLM, loaded once, answering chunks of requests."""
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 
@@ -65,7 +64,7 @@ class Worker:
         llm = self.llm
         return {"spec": llm.spec, "tokenizer": llm.tokenizer, "policy": llm.policy, "dtype": llm.dtype,
                 "device": str(llm.device), "path": llm.path, "budgets": llm.budgets, "plan": llm.plan,
-                "placement": llm.describe_placement(), "node": self.node(), "pid": os.getpid()}
+                "placement": llm.describe_placement(), "node": self.node()}
 
     def set_tokenizer(self, tokenizer) -> None:
         self.llm.tokenizer = tokenizer
