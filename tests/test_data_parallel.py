@@ -61,13 +61,19 @@ class _Blocks(list):
 
 
 def test_chunks_cover_every_request_once_alike_together_costliest_first():
-    keys = [[1, 2, 3, i] for i in range(6)] + [[9, i] for i in range(6)]
-    costs = [4] * 6 + [30] * 6
+    few_shot = list(range(100, 120))  # 20 tokens, more than the runtime shares, then 1..6 tokens of each prompt's own
+    keys = [few_shot + [7] * (1 + i) for i in range(6)] + [[8 + i % 2, 30 + i] + [5] * (38 + 20 * i) for i in range(6)]
+    costs = [len(k) for k in keys]
     chunks = make_chunks(keys, costs, workers=2, per_worker=2, min_requests=1)
     assert sorted(i for c in chunks for i in c) == list(range(12))
     work = [sum(costs[i] for i in c) for c in chunks]
     assert work == sorted(work, reverse=True)
     assert any(set(range(6)) <= set(c) for c in chunks)  # the six alike prompts share one chunk
+    # the rest by length: a chunk's own lengths do not interleave with another's
+    spans = sorted((min(costs[i] for i in c), max(costs[i] for i in c)) for c in chunks if not set(c) & set(range(6)))
+    assert all(hi < lo for (_, hi), (lo, _) in zip(spans, spans[1:]))
+    alike = [few_shot + [7] * (1 + i) for i in range(12)]  # one group more than a chunk's work: cut, not one worker's
+    assert len(make_chunks(alike, [len(k) for k in alike], workers=2, per_worker=2, min_requests=1)) > 1
     assert len(make_chunks(keys, costs, workers=2, per_worker=2, max_requests=2, min_requests=1)) == 6
     # a small call is cut into fewer chunks, so that each fills a block
     assert len(make_chunks(keys, costs, workers=2, per_worker=4, min_requests=6)) == 2
