@@ -92,7 +92,8 @@ class FlexGenLM(TemplateLM):
     def __init__(self, pretrained: str | None = None, dtype=None, device=None, batch_size=None,
                  max_batch_size=None, gpu_mem=None, cpu_mem=None, disk_mem=None, offload_dir=None,
                  percent=None, gpu_batch_size=None, num_gpu_batches=None, cpu_attention=None, overlap=None,
-                 compress_weight=None, compress_cache=None, dummy_weights=False, tokenizer=None,
+                 compress_weight=None, compress_cache=None, compression_bits=None, compression_group_size=None,
+                 weight_ranges=None, cache_keys=None, dummy_weights=False, tokenizer=None,
                  add_bos_token=None, prefix_token_id=None, max_length=None, max_gen_toks=256,
                  chunk_blocks=None, hardware=None, data_parallel_size=None, ray_address=None,
                  llm: LLM | None = None, **unknown):
@@ -112,9 +113,15 @@ class FlexGenLM(TemplateLM):
                                                                        overlap))
         if explicit and gpu_batch_size is None and cap is not None:
             gpu_batch_size = cap
+        compression = {k: v for k, v in (("compression_bits", compression_bits),
+                                          ("compression_group_size", compression_group_size),
+                                          ("weight_ranges", weight_ranges), ("cache_keys", cache_keys)) if v is not None}
+        for name in ("compression_bits", "compression_group_size"):
+            if name in compression:
+                compression[name] = _positive_int(name, compression[name])
         policy = build_policy(percent, gpu_batch_size=gpu_batch_size, num_gpu_batches=num_gpu_batches,
                               cpu_attention=cpu_attention, overlap=overlap, compress_weight=compress_weight,
-                              compress_cache=compress_cache) if explicit else None
+                              compress_cache=compress_cache, **compression) if explicit else None
         memory = {k: v for k, v in (("gpu", gpu_mem), ("cpu", cpu_mem), ("disk", disk_mem)) if v is not None}
         ranks = lm_eval_ranks.launched_world_size() > 1 and llm is None
         device = resolve_device(device)
@@ -125,7 +132,8 @@ class FlexGenLM(TemplateLM):
                         dummy_weights=_as_bool("dummy_weights", dummy_weights), memory=memory or None,
                         max_block_size=cap, hardware=hardware,
                         compress_weight=_as_bool("compress_weight", compress_weight or False),
-                        compress_cache=_as_bool("compress_cache", compress_cache or False))
+                        compress_cache=_as_bool("compress_cache", compress_cache or False),
+                        compression=None if explicit else compression or None)
             workers = _positive_int("data_parallel_size", data_parallel_size or 1)
             if ranks and (workers > 1 or ray_address):
                 raise ValueError("flexgen: data_parallel_size / ray_address shard requests over Ray workers; under "

@@ -163,6 +163,31 @@ def test_prefetch_resumes_after_a_kill(tiny_llama_dir, tmp_path, monkeypatch):
     assert all(fresh.make_request(r).cached for r in requests)
 
 
+def test_helm_config_names_the_compression_for_the_planned_and_the_fixed_policy(tiny_llama_dir, tmp_path):
+    import argparse
+
+    import yaml
+
+    from flexgen_eval.commands import helm_config
+
+    parser = argparse.ArgumentParser()
+    helm_config.register(parser.add_subparsers(dest="command"))
+    flags = ["--compress-cache", "--cache-keys", "channel", "--compression-group-size", "32"]
+    for name, fixed in (("planned", []), ("fixed", ["--percent", "100", "0", "100", "0", "100", "0"])):
+        args = parser.parse_args(["helm-config", "--model", tiny_llama_dir, "--name", name,
+                                  "--out", str(tmp_path / name), *flags, *fixed])
+        assert args.func(args) == 0
+        with open(tmp_path / name / "model_deployments.yaml") as f:
+            (deployment,) = yaml.safe_load(f)["model_deployments"]
+        client_args = deployment["client_spec"]["args"]
+        c = FlexGenClient(SqliteCacheConfig(str(tmp_path / f"{name}.sqlite")), **client_args)
+        p = c.shared.llm.policy
+        assert (p.compress_cache, p.cache_keys, p.compression_group_size) == (True, "channel", 32)
+        assert "keys per channel" in c.identity["compression"]  # a per-token run's cached results are not reused
+    with pytest.raises(SystemExit):
+        parser.parse_args(["helm-config", "--model", tiny_llama_dir, "--name", "x", "--cache-keys", "rows"])
+
+
 def test_the_default_deployment_plans_and_a_kill_loses_at_most_the_block_in_flight(tiny_llama_dir, tmp_path,
                                                                                  monkeypatch):
     import argparse

@@ -316,3 +316,25 @@ def test_wheel_puts_the_hook_at_the_root(tmp_path):
     assert lm_eval_register.PTH_NAME in names
     record = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("RECORD"))).decode()
     assert lm_eval_register.PTH_NAME + ",sha256=" in record
+
+
+def test_compression_model_args_reach_the_planned_and_the_fixed_policy(tiny_llama_dir):
+    """compression_bits / compression_group_size / weight_ranges / cache_keys, planned or with a policy."""
+    cli = {"batch_size": None, "max_batch_size": None, "device": "cpu"}
+    chosen = "compress_weight=true,compress_cache=true,compression_bits=8,compression_group_size=32,weight_ranges=mse," \
+             "cache_keys=channel"
+    for extra in ("", ",percent=[100,0,100,0,100,0]"):
+        lm = FlexGenLM.create_from_arg_string(f"pretrained={tiny_llama_dir},{chosen}{extra}", cli)
+        try:
+            p = lm.llm.policy
+            assert (p.compression_bits, p.compression_group_size, p.weight_ranges, p.cache_keys) == (8, 32, "mse",
+                                                                                                     "channel")
+            assert (lm.llm.plan is None) == bool(extra)
+            if lm.llm.plan is not None:  # later buckets are planned with the same compression
+                assert lm.llm.policy_for(200, 8).cache_keys == "channel"
+        finally:
+            lm.llm.close()
+    with pytest.raises(ValueError, match="cache_keys must be one of token, channel"):
+        FlexGenLM(pretrained=tiny_llama_dir, compress_cache="true", cache_keys="rows", device="cpu")
+    with pytest.raises(ValueError, match="compression_group_size must be a whole number"):
+        FlexGenLM(pretrained=tiny_llama_dir, compression_group_size="sixty", device="cpu")

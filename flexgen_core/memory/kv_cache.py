@@ -3,8 +3,10 @@
 Rows are (sequence, kv head) pairs, so attention is independent per row and each
 tier's rows can be attended where they live (CPU attention) or brought to the
 compute device. With compression the cache holds group-quantized bytes on every
-tier and is expanded where it is attended. With sparse attention only the values
-at each query's top-scoring positions are read. A sliding-window layer keeps only its window: its
+tier and is expanded where it is attended: values grouped per token, keys per token too or
+per channel (key_groups.py: groups of G tokens, encoded as each fills; a layer's newest keys wait
+in a `recent` buffer of G full-precision slots, on the same tiers). With sparse attention only the
+values at each query's top-scoring positions are read. A sliding-window layer keeps only its window: its
 buffers are a ring of `window` positions (cache column c at slot c mod window), so keys that no
 query attends to cost no memory and no I/O.
 """
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..model.attention import cpu_decode_attention_rows, decode_attention_rows, sparse_decode_attention_rows
+from . import key_groups
 from .compression import QuantConfig, dequantize, quantize
 from .tiers import TieredRows, TierSet, check_free_space
 
@@ -35,27 +38,41 @@ class Segment:
 class BlockCache:
     def __init__(self, tiers: TierSet, num_layers: int, batch_shapes: list[tuple[int, int]], num_kv_heads: int,
                  head_dim: int, dtype: torch.dtype, percents, cpu_attention: float,
-                 quant: QuantConfig | None = None, sparsity: float = 1.0, windows: list | None = None):
+                 quant: QuantConfig | None = None, sparsity: float = 1.0, windows: list | None = None,
+                 channel_keys: bool = False):
         self.tiers, self.kv, self.cpu_attention = tiers, num_kv_heads, float(cpu_attention)
         self.dtype, self.head_dim, self.quant, self.sparsity = dtype, head_dim, quant, sparsity
         self.entries: dict[tuple[int, int], tuple[TieredRows, TieredRows]] = {}
+        self.recent: dict[tuple[int, int], TieredRows] = {}  # per-channel layers: keys of the group filling
         self.slots: dict[tuple[int, int], int] = {}  # positions kept per (layer, batch)
         # every row on the compute device, uncompressed: loads are views of the cache itself
         self.resident = percents[0] >= 100 and quant is None
         width, store_dtype = (head_dim, dtype) if quant is None else (quant.packed_bytes(head_dim), torch.uint8)
-        shapes = {}
+        # keys per channel on layers without a window (a sliding layer's ring keeps per-token keys)
+        self.channel = [key_groups.used(quant, channel_keys, windows[j] if windows else None) for j in range(num_layers)]
+        self.group = quant.group_size if quant is not None else 0
+        buffers = {}  # (layer, batch) -> [(name, shape, dtype)] of its keys, values (and recent keys)
         for j in range(num_layers):
             window = windows[j] if windows else None
             for k, (b, max_len) in enumerate(batch_shapes):  # (sequences, cache positions) per GPU batch
                 slots = self.slots[j, k] = max_len if window is None else min(max_len, window)
-                shapes[j, k] = (b * num_kv_heads, slots, width)
-        on_disk = 2 * sum(TieredRows.disk_bytes(shape, store_dtype, percents) for shape in shapes.values())
+                rows = b * num_kv_heads
+                key_width = key_groups.slot_bytes(head_dim, quant) if self.channel[j] else width
+                buffers[j, k] = [("k", (rows, slots, key_width), store_dtype), ("v", (rows, slots, width), store_dtype)]
+                if self.channel[j]:
+                    buffers[j, k].append(("r", (rows, quant.group_size, head_dim), dtype))
+        on_disk = sum(TieredRows.disk_bytes(shape, dt, percents) for specs in buffers.values() for _, shape, dt in specs)
         if on_disk:  # the whole block's cache, before any of it is written
             check_free_space(tiers.scratch_dir, on_disk, "the KV cache of this block (its disk share)")
+        self._made: list[TieredRows] = []
         try:
-            for key, shape in shapes.items():
-                self.entries[key] = tuple(TieredRows(tiers, shape, store_dtype, percents, f"{kind}{key[0]}-{key[1]}")
-                                          for kind in "kv")
+            for (j, k), specs in buffers.items():
+                for name, shape, dt in specs:
+                    self._made.append(TieredRows(tiers, shape, dt, percents, f"{name}{j}-{k}"))
+                made = self._made[-len(specs):]
+                self.entries[j, k] = (made[0], made[1])
+                if len(made) > 2:
+                    self.recent[j, k] = made[2]
         except BaseException:
             self.free()  # nothing of a cache that could not be made stays on any tier
             raise
@@ -65,8 +82,18 @@ class BlockCache:
         return stored if self.quant is None else dequantize(stored, self.head_dim, self.quant, self.dtype)
 
     # -- writes (of stored forms: see stored_and_seen) --------------------------------------
-    def store_prefill(self, j: int, k: int, keys: torch.Tensor, values: torch.Tensor):
-        """keys, values [b, kv, s, width] for cache positions 0..s-1 (a window keeps the last of them)."""
+    def store_prefill(self, j: int, k: int, keys, values: torch.Tensor):
+        """keys, values [b, kv, s, width] for cache positions 0..s-1 (a window keeps the last of them);
+        a per-channel layer's keys: (its whole groups encoded, the other keys) of key_groups.stored_and_seen."""
+        if self.channel[j]:
+            packed, rest = keys
+            kbuf, vbuf = self.entries[j, k]
+            if packed.shape[2]:
+                kbuf.write(_rows(packed), slice(0, packed.shape[2]))
+            if rest.shape[2]:
+                self.recent[j, k].write(_rows(rest), slice(0, rest.shape[2]))
+            vbuf.write(_rows(values), slice(0, values.shape[2]))
+            return
         s, slots = keys.shape[2], self.slots[j, k]
         for buf, new in zip(self.entries[j, k], (keys, values)):
             if s > slots:  # columns s - slots .. s - 1, each at its slot in the ring
@@ -74,10 +101,24 @@ class BlockCache:
             buf.write(_rows(new), slice(0, min(s, slots)))
 
     def store_token(self, j: int, k: int, part: int, rows: slice, keys_rows, values_rows, t: int):
-        """Rows [r, width] of the token at position t (all rows of the batch), for a run of a part's rows."""
+        """Rows [r, width] of the token at position t (all rows of the batch), for a run of a part's rows.
+        A per-channel layer's key (in full precision) joins the group filling; a group that fills is
+        encoded from there into its slots."""
         slot = t % self.slots[j, k]
-        for buf, new in zip(self.entries[j, k], (keys_rows, values_rows)):
-            buf.write_part(part, new[:, None], slice(slot, slot + 1), rows)
+        kbuf, vbuf = self.entries[j, k]
+        vbuf.write_part(part, values_rows[:, None], slice(slot, slot + 1), rows)
+        if not self.channel[j]:
+            kbuf.write_part(part, keys_rows[:, None], slice(slot, slot + 1), rows)
+            return
+        g, recent = self.group, self.recent[j, k]
+        recent.write_part(part, keys_rows[:, None], slice(t % g, t % g + 1), rows)
+        if (t + 1) % g == 0:
+            group = recent.read_part(part, None, rows=rows)  # on the compute device
+            start = recent.parts[part][1] + (rows.start if rows is not None else 0)
+            encoded = key_groups.encode(group, self.quant)
+            whole = encoded.new_empty((recent.shape[0],) + encoded.shape[1:])  # write_part takes all rows
+            whole[start:start + encoded.shape[0]] = encoded
+            kbuf.write_part(part, whole, slice(t + 1 - g, t + 1), rows)
 
     def slot_valid(self, j: int, k: int, key_valid: torch.Tensor, t: int) -> torch.Tensor:
         """[b, t + 1] valid flags of cache columns -> the flags of what `load` gives back: the same
@@ -112,7 +153,8 @@ class BlockCache:
                     keys, values = storage[rows, :span], vbuf.parts[i][3][rows, :span]
                     segments.append(Segment(i, start + lo, start + hi, tier, keys, values, True, rows, slot))
                     continue
-                keys = self._expanded(kbuf, i, rows, span, slot, where)
+                keys = (self._expanded_channel_keys(j, k, i, rows, t, where) if self.channel[j]
+                        else self._expanded(kbuf, i, rows, span, slot, where))
                 values = None if lazy_values else self._expanded(vbuf, i, rows, span, slot, where)
                 segments.append(Segment(i, start + lo, start + hi, tier, keys, values, False, rows, slot))
         return segments
@@ -126,6 +168,20 @@ class BlockCache:
         kept = slice(0, span - 1) if slot == span - 1 else slice(0, span)  # a new column, or a full ring
         dequantize(buf.read_part(part, kept, to=where, rows=rows), self.head_dim, self.quant, self.dtype,
                    out=out[:, kept])
+        return out
+
+    def _expanded_channel_keys(self, j: int, k: int, part: int, rows: slice, t: int, where: str) -> torch.Tensor:
+        """Keys of positions 0..t-1 of a per-channel layer (its whole groups decoded, then the group
+        filling, in full precision) and a slot for the new token, as a copy on `where`."""
+        dev = self.tiers.device if where == "gpu" else torch.device("cpu")
+        out = torch.empty((rows.stop - rows.start, t + 1, self.head_dim), dtype=self.dtype, device=dev)
+        whole = t // self.group * self.group
+        if whole:
+            kbuf = self.entries[j, k][0]
+            key_groups.decode(kbuf.read_part(part, slice(0, whole), to=where, rows=rows), self.head_dim, self.quant,
+                              self.dtype, out=out[:, :whole])
+        if t > whole:
+            out[:, whole:t] = self.recent[j, k].read_part(part, slice(0, t - whole), to=where, rows=rows)
         return out
 
     def gather_values(self, j: int, k: int, seg: Segment, positions: torch.Tensor,
@@ -146,10 +202,9 @@ class BlockCache:
         return torch.where(is_new, new_rows.to(seg.keys.device)[:, None, :], picked)
 
     def free(self):
-        for pair in self.entries.values():
-            for buf in pair:
-                buf.free()
-        self.entries = {}
+        for buf in self._made:
+            buf.free()
+        self._made, self.entries, self.recent = [], {}, {}
 
 
 def stored_and_seen(x: torch.Tensor, quant: QuantConfig | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,6 +215,15 @@ def stored_and_seen(x: torch.Tensor, quant: QuantConfig | None) -> tuple[torch.T
         return x, x
     stored = quantize(x, quant)
     return stored, dequantize(stored, x.shape[-1], quant, x.dtype)
+
+
+def prompt_stored_and_seen(keys: torch.Tensor, values: torch.Tensor, quant: QuantConfig | None, channel_keys: bool,
+                           pads: list[int] | None = None):
+    """stored_and_seen of a prompt's keys and values [b, kv, s, d] (rows left-padded by `pads`); keys
+    per channel where `channel_keys` (key_groups.used), which the attention over the prompt sees as
+    the cache will give them back after it: whole groups decoded, the rest as they are."""
+    k = key_groups.stored_and_seen(keys, quant, pads) if channel_keys else stored_and_seen(keys, quant)
+    return k, stored_and_seen(values, quant)
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -177,7 +241,10 @@ def decode_over_segments(q, new_k, new_v, segments: list[Segment], key_valid: to
     b, h, _, d = q.shape
     kv = new_k.shape[1]
     q_rows = q.reshape(b, kv, h // kv, d).reshape(b * kv, h // kv, d)
-    (k_stored, k_seen), (v_stored, v_seen) = (stored_and_seen(_rows(x)[:, 0], cache.quant) for x in (new_k, new_v))
+    k_rows, v_rows = _rows(new_k)[:, 0], _rows(new_v)[:, 0]
+    # a per-channel layer's newest key waits in full precision until its group fills
+    k_stored, k_seen = (k_rows, k_rows) if cache.channel[j] else stored_and_seen(k_rows, cache.quant)
+    v_stored, v_seen = stored_and_seen(v_rows, cache.quant)
     valid_rows = cache.slot_valid(j, k, key_valid, t).repeat_interleave(kv, dim=0)
     out = torch.empty_like(q_rows)
     for seg in segments:

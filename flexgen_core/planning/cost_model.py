@@ -139,7 +139,12 @@ class BlockModel:
         """K and V of one GPU batch, one decoder layer: the average layer (what the layers hold and move
         in all), or with `widest` a layer that keeps every position (what one layer's buffers take)."""
         kept = positions if widest else self.kept(positions)
-        return 2 * self.b * self.sizes.widths.kv * kept * (per_elem or self.cb)
+        stored = 2 * self.b * self.sizes.widths.kv * kept * (per_elem or self.cb)
+        if per_elem is None and self.shape.compress_cache and self.shape.cache_keys == "channel":
+            # keys per channel: a layer also holds the group filling in full precision (sliding layers,
+            # which keep per-token keys, counted too: an upper bound)
+            stored += self.b * self.sizes.widths.kv * min(positions, self.shape.compression_group_size) * self.dt
+        return stored
 
     def hidden_bytes(self, tokens: int) -> float:
         return self.b * tokens * self.spec.hidden_size * self.dt

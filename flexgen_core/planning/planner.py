@@ -123,7 +123,7 @@ def plan_policy(spec: ModelSpec, prompt_len: int, gen_len: int, memory: dict,
                 compress_weight: bool = False, compress_cache: bool = False, cpu_attention: float | None = None,
                 margin: float = 0.1, overlap: bool = True, max_block_size: int | None = None,
                 gpu_batch_sizes=GPU_BATCH_SIZES, num_gpu_batches=NUM_GPU_BATCHES,
-                weights: tuple | None = None) -> Plan:
+                weights: tuple | None = None, compression: dict | None = None) -> Plan:
     """The fastest policy (most generated tokens per second) that fits `memory`.
 
     memory: {"gpu": .., "cpu": .., "disk": ..} as bytes or strings like "16GiB" (a missing tier
@@ -132,6 +132,8 @@ def plan_policy(spec: ModelSpec, prompt_len: int, gen_len: int, memory: dict,
     CPU_ATTENTION_SHARES on a GPU (none when the cache is compressed, as in the paper).
     weights: fixed % gpu/cpu/disk of the weights (a model already loaded): only the block shape and
     the cache and activation placement are chosen, e.g. again for each bucket of request lengths.
+    compression: Policy's compression fields (compression_bits, compression_group_size, weight_ranges,
+    cache_keys) for the compressed kinds.
     """
     hw = load_profile(hardware)
     dt = dtype_bytes or default_dtype_bytes(hw)
@@ -155,7 +157,7 @@ def plan_policy(spec: ModelSpec, prompt_len: int, gen_len: int, memory: dict,
 
     def shape(b, k, attn):
         return Policy(gpu_batch_size=b, num_gpu_batches=k, cpu_attention=attn, overlap=overlap,
-                      compress_weight=compress_weight, compress_cache=compress_cache)
+                      compress_weight=compress_weight, compress_cache=compress_cache, **(compression or {}))
 
     best, solved, frontier = None, 0, {}
     for attn in attn_options:

@@ -5,6 +5,8 @@ from dataclasses import dataclass, replace
 
 from ..memory.compression import RANGES
 
+CACHE_KEYS = ("token", "channel")
+
 
 def parse_cpu_attention(value) -> float:
     """cpu_attention as typed (a CLI flag, an lm-eval model_arg): true / false (also on / off, yes / no)
@@ -52,6 +54,9 @@ class Policy:
     compression_group_size: int = 64
     # how a weight group's 4/8-bit range is chosen: "minmax" (the paper's) or "mse" (least squared error)
     weight_ranges: str = "minmax"
+    # how a compressed cache groups keys: "token" (each key's channels, as values: the paper's) or
+    # "channel" (each channel over compression_group_size tokens, the newest in full precision: KIVI)
+    cache_keys: str = "token"
     attn_sparsity: float = 1.0  # fraction of attention scores kept per decode step (1.0: dense)
 
     def __post_init__(self):
@@ -71,6 +76,8 @@ class Policy:
             raise ValueError(f"Policy.compression_group_size must be positive, got {self.compression_group_size!r}")
         if self.weight_ranges not in RANGES:
             raise ValueError(f"Policy.weight_ranges must be one of {', '.join(RANGES)}, got {self.weight_ranges!r}")
+        if self.cache_keys not in CACHE_KEYS:
+            raise ValueError(f"Policy.cache_keys must be one of {', '.join(CACHE_KEYS)}, got {self.cache_keys!r}")
         if not 0.0 < self.attn_sparsity <= 1.0:
             raise ValueError(f"Policy.attn_sparsity must be in (0, 1], got {self.attn_sparsity!r}")
 
@@ -100,6 +107,8 @@ class Policy:
             flags[0] = f"cpu_attention {self.cpu_attention:.0%}"
         if self.compress_weight and self.weight_ranges != "minmax":
             flags[flags.index("compress_weight")] = f"compress_weight ({self.weight_ranges} ranges)"
+        if self.compress_cache and self.cache_keys != "token":
+            flags[flags.index("compress_cache")] = f"compress_cache (keys per {self.cache_keys})"
         if not self.overlap:
             flags.append("no-overlap")
         return text + (f"; {', '.join(flags)}" if flags else "")

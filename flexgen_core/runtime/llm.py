@@ -30,6 +30,7 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.flo
 
 SHARED_PREFIX_MIN = 16  # a shorter prefix common to a block's prompts is recomputed per row
 PACKED_ROW_TOKENS = 2048  # longest row prompt_logprobs packs alike prompts into
+COMPRESSION_FIELDS = ("compression_bits", "compression_group_size", "weight_ranges", "cache_keys")
 PROMPT_BUCKET = 64  # prompt lengths planned together (a bucket is planned for its longest)
 
 log = logging.getLogger(__name__)
@@ -89,12 +90,13 @@ class LLM:
                         offload_dir: str | None = None, dummy_weights: bool = False, memory: dict | None = None,
                         progress: bool = False, hardware=None, workload: tuple[int, int] = (512, 32),
                         compress_weight: bool = False, compress_cache: bool = False,
-                        max_block_size: int | None = None) -> "LLM":
+                        max_block_size: int | None = None, compression: dict | None = None) -> "LLM":
         """Load a model. Without a `policy` the planner places the weights for `workload` = (prompt
         tokens, generated tokens) within `memory` ({"gpu": "16GiB", "cpu": ..., "disk": ...}; a tier
         not named gets what the machine has, see machine.py) on `hardware` (a preset name, a profile
         file, or None: this machine's), and plans each bucket of request lengths again as requests
-        arrive, with the weights where they were loaded. `max_block_size` caps every planned block."""
+        arrive, with the weights where they were loaded. `max_block_size` caps every planned block;
+        `compression` sets the planned policy's compression fields (`COMPRESSION_FIELDS`)."""
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' was requested but no CUDA device is available")
@@ -109,7 +111,8 @@ class LLM:
         plan = replan = budgets = None
         if policy is None:
             budgets, replan, plan = _plan_at_load(spec, device, dtype, offload_dir, memory, hardware, workload,
-                                                  compress_weight, compress_cache, max_block_size)
+                                                  compress_weight, compress_cache, max_block_size,
+                                                  compression_fields(compression))
             policy = plan.policy
         if memory is not None and plan is None:
             check_fits(spec, policy, memory, dtype)
@@ -439,13 +442,24 @@ class LLM:
         return stats
 
 
+def compression_fields(compression: dict | None) -> dict | None:
+    """The Policy fields a planned load may set (checked here, so a typo is named before planning)."""
+    if not compression:
+        return None
+    unknown = set(compression) - set(COMPRESSION_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown compression settings {sorted(unknown)}; use {', '.join(COMPRESSION_FIELDS)}")
+    Policy(**compression)  # each value checked where Policy checks it
+    return dict(compression)
+
+
 def _plan_at_load(spec, device, dtype, offload_dir, memory, hardware, workload, compress_weight, compress_cache,
-                  max_block_size):
+                  max_block_size, compression=None):
     """(budgets, planner arguments for later buckets, the plan that places the weights)."""
     budgets = resolve_budgets(memory, device, offload_dir)
     replan = dict(memory=budgets.bytes, hardware=hardware or default_hardware(device, offload_dir),
                   dtype_bytes=torch.empty((), dtype=dtype).element_size(), compress_weight=compress_weight,
-                  compress_cache=compress_cache, max_block_size=max_block_size)
+                  compress_cache=compress_cache, max_block_size=max_block_size, compression=compression)
     gen_len = max(1, min(workload[1], spec.max_seq_len // 2))
     prompt_len = max(1, min(workload[0], spec.max_seq_len - gen_len))
     try:

@@ -16,9 +16,10 @@ from typing import Protocol
 
 import torch
 
+from ..memory import key_groups
 from ..memory.compression import QuantConfig
 from ..memory.io_queue import WRITES_IN_FLIGHT, IOQueue
-from ..memory.kv_cache import BlockCache, decode_over_segments, stored_and_seen
+from ..memory.kv_cache import BlockCache, decode_over_segments, prompt_stored_and_seen
 from ..memory.tiers import TieredRows, TierSet
 from ..model.attention import prefill_attention
 from ..planning.policy import Policy
@@ -129,7 +130,7 @@ class Scheduler:
             shapes = [(b, job.prompt_len(k) + job.num_steps - 1) for k, b in enumerate(job.batch_sizes)]
             cache = BlockCache(self.tiers, spec.num_layers, shapes, spec.num_kv_heads, spec.head_dim, self.dtype,
                                policy.cache, policy.cpu_attention, self.cache_quant, policy.attn_sparsity,
-                               spec.windows())
+                               spec.windows(), channel_keys=self.policy.cache_keys == "channel")
         acts = Activations(self.tiers, policy.activations, self.read_queue, self.write_queue)
         self._cache_writes, self.step_seconds = {}, []
         n_layers = len(self.layers)
@@ -233,6 +234,7 @@ class Scheduler:
 
     def _attend_fn(self, job, step, layer_index, k, cache, segments, masks, sparsity, prefix_kv=None):
         window = self.spec.window(layer_index)
+        channel = key_groups.used(self.cache_quant, self.policy.cache_keys == "channel", window)
 
         def attend(q, new_k, new_v, scale=None, softcap=None):
             if step == 0:
@@ -244,11 +246,12 @@ class Scheduler:
                     keys, values = (torch.cat([p.expand(b, -1, -1, -1), new], dim=2)
                                     for p, new in zip(prefix_kv, (new_k, new_v)))
                     if cache is not None:
-                        stored = (stored_and_seen(x, self.cache_quant)[0] for x in (keys, values))
+                        stored = (pair[0] for pair in prompt_stored_and_seen(keys, values, self.cache_quant, channel))
                         self._cache_write(cache, cache.store_prefill, layer_index, k, *stored)
                     return prefill_attention(q, keys, values, mask, scale=scale, softcap=softcap)
                 # attend to what the cache will give back
-                (stored_k, seen_k), (stored_v, seen_v) = (stored_and_seen(x, self.cache_quant) for x in (new_k, new_v))
+                (stored_k, seen_k), (stored_v, seen_v) = prompt_stored_and_seen(new_k, new_v, self.cache_quant, channel,
+                                                                                  job.pads(k))
                 out = prefill_attention(q, seen_k, seen_v, mask, job.pads(k), sparsity, scale, softcap)
                 if cache is not None:
                     self._cache_write(cache, cache.store_prefill, layer_index, k, stored_k, stored_v)

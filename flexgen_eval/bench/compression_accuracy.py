@@ -32,23 +32,27 @@ import shlex
 import sys
 import time
 
-# name -> (compress_weight, compress_cache, bits, attn_sparsity, weight ranges), in the paper's Table 6
-# layout, plus the least-squared-error weight ranges ("mse") beside the paper's min-max
+# name -> (compress_weight, compress_cache, bits, attn_sparsity, weight ranges, cache keys), in the
+# paper's Table 6 layout, plus the least-squared-error weight ranges ("mse") beside the paper's
+# min-max and keys grouped per channel ("channel", KIVI) beside the paper's per-token groups
 CONFIGS = {
-    "fp32": (False, False, 4, 1.0, "minmax"),
-    "weights-4bit": (True, False, 4, 1.0, "minmax"),
-    "weights-4bit-mse": (True, False, 4, 1.0, "mse"),
-    "weights-8bit": (True, False, 8, 1.0, "minmax"),
-    "cache-4bit": (False, True, 4, 1.0, "minmax"),
-    "cache-8bit": (False, True, 8, 1.0, "minmax"),
-    "both-4bit": (True, True, 4, 1.0, "minmax"),
-    "both-4bit-mse": (True, True, 4, 1.0, "mse"),
-    "both-8bit": (True, True, 8, 1.0, "minmax"),
-    "both-4bit-sparse0.1": (True, True, 4, 0.1, "minmax"),
+    "fp32": (False, False, 4, 1.0, "minmax", "token"),
+    "weights-4bit": (True, False, 4, 1.0, "minmax", "token"),
+    "weights-4bit-mse": (True, False, 4, 1.0, "mse", "token"),
+    "weights-8bit": (True, False, 8, 1.0, "minmax", "token"),
+    "cache-4bit": (False, True, 4, 1.0, "minmax", "token"),
+    "cache-4bit-channel": (False, True, 4, 1.0, "minmax", "channel"),
+    "cache-8bit": (False, True, 8, 1.0, "minmax", "token"),
+    "both-4bit": (True, True, 4, 1.0, "minmax", "token"),
+    "both-4bit-channel": (True, True, 4, 1.0, "minmax", "channel"),
+    "both-4bit-mse": (True, True, 4, 1.0, "mse", "token"),
+    "both-8bit": (True, True, 8, 1.0, "minmax", "token"),
+    "both-4bit-sparse0.1": (True, True, 4, 0.1, "minmax", "token"),
 }
 # order in which a round runs them: baseline and the issue's target first, so an interrupted round
 # has the most important ones
-RUN_ORDER = ["fp32", "both-4bit", "weights-4bit", "cache-4bit", "weights-4bit-mse", "both-4bit-mse",
+RUN_ORDER = ["fp32", "both-4bit", "weights-4bit", "cache-4bit", "cache-4bit-channel", "both-4bit-channel",
+             "weights-4bit-mse", "both-4bit-mse",
              "both-4bit-sparse0.1", "weights-8bit", "cache-8bit", "both-8bit"]
 TARGET = "both-4bit"
 TARGET_ACC_DROP = 2.0  # points
@@ -257,7 +261,7 @@ def render_md(meta: dict, summary: dict, check: dict | None, names: list[str]) -
     ]
     for n in names:
         row = summary["table"][n]
-        w, c, bits, sp, ranges = CONFIGS[n]
+        w, c, bits, sp, ranges, keys = CONFIGS[n]
         la, wt, d = row["lambada"], row["wikitext2"], row.get("delta", {})
         if n == "fp32":
             dacc = dlp = dwp = "—"
@@ -267,7 +271,7 @@ def render_md(meta: dict, summary: dict, check: dict | None, names: list[str]) -
             dlp = fmt(d.get("lambada_ppl_percent"), "+.1f") + "%"
             dwp = fmt(d.get("wikitext2_ppl_percent"), "+.1f") + "%"
         lines.append(
-            f"| {n} | {f'{bits}-bit' + (f' {ranges}' if ranges != 'minmax' else '') if w else 'fp32'} | {f'{bits}-bit' if c else 'fp32'} | "
+            f"| {n} | {f'{bits}-bit' + (f' {ranges}' if ranges != 'minmax' else '') if w else 'fp32'} | {f'{bits}-bit' + (' keys/channel' if keys == 'channel' else '') if c else 'fp32'} | "
             f"{'dense' if sp >= 1 else f'top {sp:g}'} | {fmt(None if la['acc'] is None else 100 * la['acc'], '.2f')} | "
             f"{dacc} | {fmt(la['ppl'], '.3f')} | {dlp} | {fmt(wt['ppl'], '.3f')} | {dwp} | {row['seconds']:.0f} |")
     lines += [
@@ -305,7 +309,9 @@ def render_md(meta: dict, summary: dict, check: dict | None, names: list[str]) -
         "(TF32 off); "
         "`LLM.score()` gives per-token log-likelihoods and greedy flags. With cache compression every attention "
         "read of K/V (prefill included) goes through the codec; sparsity keeps each query's top fraction of "
-        "scores in prefill as in decode, so scoring measures both.",
+        "scores in prefill as in decode, so scoring measures both. `…-channel` rows group each key channel over "
+        f"{meta['group_size']} tokens (`cache_keys=\"channel\"`, KIVI); a prompt's keys after its last whole "
+        "group stay in full precision, as the group filling does in decode.",
         "- LAMBADA (OpenAI), `lambada/lambada_test.jsonl`, as lm-eval `lambada_openai`: context = text up to the "
         "last space, continuation = \" \" + last word, tokenized as lm-eval's HF backend (`_encode_pair`: "
         "trailing context spaces move to the continuation; encode context+continuation and context, the "
@@ -522,15 +528,15 @@ def run(args) -> int:
     state["meta"]["weight_quant_error"] = weight_quant_error(model_path)
     llms = {}
     for n in run_order:
-        w, c, bits, sp, ranges = CONFIGS[n]
+        w, c, bits, sp, ranges, keys = CONFIGS[n]
         policy = Policy(compress_weight=w, compress_cache=c, compression_bits=bits,
-                        compression_group_size=args.group_size, attn_sparsity=sp, weight_ranges=ranges,
+                        compression_group_size=args.group_size, attn_sparsity=sp, weight_ranges=ranges, cache_keys=keys,
                         gpu_batch_size=args.batch_size, num_gpu_batches=1)
         t = time.perf_counter()
         llms[n] = LLM.from_pretrained(model_path, policy=policy, device=args.device, dtype="float32")
         state["runs"][n] = {"policy": {"compress_weight": w, "compress_cache": c, "compression_bits": bits,
                                        "compression_group_size": args.group_size, "attn_sparsity": sp,
-                                       "weight_ranges": ranges,
+                                       "weight_ranges": ranges, "cache_keys": keys,
                                        "gpu_batch_size": args.batch_size},
                             "load_seconds": time.perf_counter() - t, "seconds": 0.0, "lambada": {}, "wikitext": {}}
     print(f"{len(lambada)} LAMBADA docs, {len(order)}/{len(windows)} WikiText-2 windows of {args.window} "

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import os
 
+from flexgen_core.memory.compression import RANGES
+from flexgen_core.planning.policy import CACHE_KEYS, Policy
+from flexgen_core.runtime.llm import COMPRESSION_FIELDS
+
 CHAT = {"auto": None, "on": True, "off": False}
 
 
@@ -29,6 +33,12 @@ def register(subparsers):
     mem.add_argument("--cpu-attention", action="store_true")
     mem.add_argument("--compress-weight", action="store_true")
     mem.add_argument("--compress-cache", action="store_true")
+    mem.add_argument("--compression-bits", type=int, choices=(4, 8), help="bits per value (default 4)")
+    mem.add_argument("--compression-group-size", type=int,
+                     help="values per group (default 64; for keys per channel, tokens per group)")
+    mem.add_argument("--weight-ranges", choices=RANGES, help="a weight group's range: minmax (default) or mse")
+    mem.add_argument("--cache-keys", choices=CACHE_KEYS,
+                     help="compressed keys grouped per token (default, the paper's) or per channel (KIVI)")
     mem.add_argument("--hardware", help="planner hardware profile, a preset or a JSON file from `flexgen-eval "
                                         "profile` (default: this machine measured on a CPU, the closest preset on a GPU)")
     mem.add_argument("--plan-prompt-len", type=int, default=512,
@@ -81,6 +91,8 @@ def run(args) -> int:
     planned = policy is None and percent is None
     if planned:
         client_args.update({k: True for k in ("compress_weight", "compress_cache") if getattr(args, k)})
+        if _compression(args):
+            client_args["compression"] = _compression(args)
         if args.hardware:
             client_args["hardware"] = args.hardware
         if (args.plan_prompt_len, args.plan_gen_len) != (512, 32):
@@ -115,7 +127,15 @@ def _policy(args):
     if args.percent is None and not shape:
         return None, None
     shape.update({k: True for k in ("compress_weight", "compress_cache") if getattr(args, k)})
+    shape.update(_compression(args))
     return shape, (list(args.percent) if args.percent is not None else None)
+
+
+def _compression(args) -> dict:
+    """The compression fields the flags name (Policy's names), checked now rather than at load."""
+    fields = {k: getattr(args, k) for k in COMPRESSION_FIELDS if getattr(args, k) is not None}
+    Policy(**fields)
+    return fields
 
 
 def _tokenizer(checkpoint: str):

@@ -27,10 +27,13 @@ class FlexGenClient(CachingClient):
                  offload_dir: str | None = None, apply_chat_template: bool | None = None,
                  end_of_text_token: str | None = None, max_batch: int = 256, prefetch_chunk: int | None = None,
                  hardware: str | None = None, workload: list | None = None, compress_weight: bool = False,
-                 compress_cache: bool = False, data_parallel: int = 1, ray_address: str | None = None):
+                 compress_cache: bool = False, compression: dict | None = None, data_parallel: int = 1,
+                 ray_address: str | None = None):
         super().__init__(cache_config=cache_config)
         pol = policy_from_args(policy, percent)
         planning = {"compress_weight": bool(compress_weight), "compress_cache": bool(compress_cache)}
+        if compression:  # the planned policy's compression fields (LLM.from_pretrained's `compression`)
+            planning["compression"] = dict(compression)
         if hardware:
             planning["hardware"] = hardware
         if workload:
@@ -55,6 +58,8 @@ class FlexGenClient(CachingClient):
                                             p.compression_group_size]
             if p.compress_weight and p.weight_ranges != "minmax":  # earlier min-max runs keep their cache
                 self.identity["compression"].append(p.weight_ranges)
+            if p.compress_cache and p.cache_keys != "token":  # as do earlier per-token key runs
+                self.identity["compression"].append(f"keys per {p.cache_keys}")
         if llm.policy.attn_sparsity < 1:
             self.identity["attn_sparsity"] = llm.policy.attn_sparsity
         self.prefetch_chunk = prefetch_chunk  # None: a whole run spec at once, cut into the runtime's blocks
