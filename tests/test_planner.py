@@ -155,6 +155,17 @@ def test_plan_command_prints_json(capsys):
     assert out["estimate"]["throughput_tokens_per_s"] > 0
 
 
+def test_plan_command_plans_keys_per_channel_with_their_full_precision_group(capsys):
+    base = ["plan", "--model", "facebook/opt-1.3b", "--prompt-len", "128", "--gen-len", "8", "--gpu-mem", "4GiB",
+            "--cpu-mem", "32GiB", "--compress-cache", "--json"]
+    plans = {}
+    for keys in ("token", "channel"):
+        args = _cli().parse_args(base + ["--cache-keys", keys])
+        assert args.func(args) == 0
+        plans[keys] = json.loads(capsys.readouterr().out)
+    assert plans["channel"]["policy"]["cache_keys"] == "channel" and plans["token"]["policy"]["cache_keys"] == "token"
+
+
 def test_plan_command_reads_a_model_dir_and_profile_defaults(tmp_path, capsys):
     from flexgen_core.model.spec import BUILTIN_CONFIGS
 
