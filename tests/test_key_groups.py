@@ -49,10 +49,12 @@ def test_a_groups_bytes_fill_its_slots():
 
 
 @pytest.mark.parametrize("percents", [(100, 0, 0), (0, 0, 100), MIX], ids=["device", "disk", "mix"])
-def test_the_newest_keys_stay_exact_until_their_group_fills(tmp_path, percents):
-    """Decode steps across two group boundaries: every load gives the whole groups as the codec
-    encodes them and the keys of the group filling exactly as they came, on every tier."""
-    quant, d, kv, b, prompt, steps = QuantConfig(4, G), 16, 2, 5, 11, 14
+@pytest.mark.parametrize("prompt", [5, 11, 16])
+def test_the_newest_keys_stay_exact_until_the_next_group_starts(tmp_path, percents, prompt):
+    """Decode steps across two group boundaries: groups end where the prompt ends; every load gives
+    the groups before the newest as the codec encodes them and the newest group's keys exactly as
+    they came, on every tier."""
+    quant, d, kv, b, steps = QuantConfig(4, G), 16, 2, 5, 19
     tiers = TierSet(torch.device("cpu"), str(tmp_path))
     cache = BlockCache(tiers, 1, [(b, prompt + steps)], kv, d, torch.float32, percents, 0.0, quant,
                        channel_keys=True)
@@ -60,29 +62,35 @@ def test_the_newest_keys_stay_exact_until_their_group_fills(tmp_path, percents):
     (stored_k, _), (stored_v, _) = prompt_stored_and_seen(keys[:, :, :prompt], values[:, :, :prompt], quant, True)
     cache.store_prefill(0, 0, stored_k, stored_v)
     rows = keys.reshape(b * kv, prompt + steps, d)
+    v = -prompt % G
+    first = rows[:, :1].expand(-1, v, -1)  # the slots before column 0 hold the first key
     for t in range(prompt, prompt + steps):
         segments = cache.load(0, 0, t)
         got = torch.cat([seg.keys[:, :t] for seg in segments])
-        whole = t // G * G
-        encoded = key_groups.decode(key_groups.encode(rows[:, :whole], quant), d, quant, torch.float32)
-        assert torch.equal(got[:, :whole], encoded)
-        assert torch.equal(got[:, whole:], rows[:, whole:t])
+        newest = (t + v - 1) // G * G - v  # the newest group's first column (negative: it holds the first slots)
+        if newest > 0:
+            slots = torch.cat([first, rows[:, :newest]], dim=1)
+            encoded = key_groups.decode(key_groups.encode(slots, quant), d, quant, torch.float32)[:, v:]
+            assert torch.equal(got[:, :newest], encoded)
+        assert torch.equal(got[:, max(newest, 0):], rows[:, max(newest, 0):t])
+        assert t - max(newest, 0) <= G
         new_values = stored_and_seen(values.reshape(b * kv, -1, d)[:, t], quant)[0]
         for seg in segments:
             cache.store_token(0, 0, seg.index, seg.rows, rows[:, t], new_values, t)
-    assert (prompt + steps) // G * G > prompt // G * G + G  # two groups were handed over
     cache.free()
     tiers.close()
 
 
-def test_left_padding_does_not_widen_a_group():
+def test_a_rows_groups_do_not_depend_on_its_padding():
+    """Groups end where the prompt ends and padding is encoded as the row's first key: a row sees the
+    same keys alone and left-padded in a block, whatever its pads computed."""
     quant = QuantConfig(4, G)
-    keys = _keys(2, 1, 16, 4)
-    padded = keys.clone()
-    padded[1, :, :3] = 1e4  # pad columns of the second row hold whatever the pad token computed
-    (_, plain), (_, _) = prompt_stored_and_seen(keys, keys, quant, True, pads=[0, 3])
-    (_, seen), (_, _) = prompt_stored_and_seen(padded, padded, quant, True, pads=[0, 3])
-    assert torch.equal(seen[:, :, 3:], plain[:, :, 3:])
+    keys = _keys(1, 2, 13, 4)
+    (_, alone), _ = prompt_stored_and_seen(keys, keys, quant, True)
+    for pad in (1, 3, 8):
+        padded = torch.cat([torch.full((1, 2, pad, 4), 1e4), keys], dim=2)  # whatever the pad token computed
+        (_, seen), _ = prompt_stored_and_seen(padded, padded, quant, True, pads=[pad])
+        assert torch.equal(seen[:, :, pad:], alone)
 
 
 def test_an_unknown_key_scheme_is_named():
@@ -99,6 +107,7 @@ PLACEMENTS = {
     "mix-cpu-attention": Policy(weights=MIX, cache=MIX, cpu_attention=True, **CHANNEL),
     "mix-cpu-attention-share": Policy(weights=MIX, cache=MIX, cpu_attention=0.5, **CHANNEL),
     "mix-no-overlap": Policy(weights=MIX, cache=MIX, overlap=False, **CHANNEL),
+    "mix-1x4": Policy(weights=MIX, cache=MIX, gpu_batch_size=1, num_gpu_batches=4, **CHANNEL),  # other padding
 }
 PROMPTS = [[5, 17, 33, 40, 41, 42] * 3, [7, 8, 9], [100, 101, 102, 103, 104, 105, 106, 107, 108] * 2, [250, 251]]
 PARAMS = SamplingParams(max_new_tokens=12, ignore_eos=True)  # past two group boundaries of every row
@@ -121,13 +130,19 @@ def on_device(tiny_llama_dir, tmp_path_factory):
 @pytest.mark.parametrize("sparsity", [1.0, 0.3], ids=["dense", "sparse"])
 def test_keys_per_channel_give_the_same_outputs_on_every_placement(tiny_llama_dir, on_device, name, sparsity,
                                                                   tmp_path):
+    policy = PLACEMENTS[name].with_(attn_sparsity=sparsity)
+    if sparsity < 1 and name == "mix-1x4":
+        pytest.skip("top-k selection is discontinuous: padding moves scores by ~1e-7 and can flip a near-tie")
     (want_gen, want_scores) = on_device[sparsity]
-    got_gen, got_scores = _generate_and_score(tiny_llama_dir, PLACEMENTS[name].with_(attn_sparsity=sparsity), tmp_path)
+    got_gen, got_scores = _generate_and_score(tiny_llama_dir, policy, tmp_path)
+    # other padding changes fp32 sums at the last bit, which a 4-bit code on a rounding boundary can
+    # carry to 1e-4 (a row's groups themselves do not move: else log-probs would differ by tenths)
+    tol = 1e-3 if name == "mix-1x4" else 1e-5
     for want, got in zip(want_gen, got_gen):
         assert got.outputs[0].token_ids == want.outputs[0].token_ids
-        assert got.outputs[0].logprobs == pytest.approx(want.outputs[0].logprobs, abs=1e-5)
+        assert got.outputs[0].logprobs == pytest.approx(want.outputs[0].logprobs, abs=tol)
     for want, got in zip(want_scores, got_scores):
-        assert got.logprobs == pytest.approx(want.logprobs, abs=1e-5)
+        assert got.logprobs == pytest.approx(want.logprobs, abs=tol)
 
 
 def test_8_bit_keys_per_channel_stay_within_rounding_of_fp32(tiny_llama_dir, tmp_path):

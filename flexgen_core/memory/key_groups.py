@@ -5,8 +5,8 @@ widened by them, so the other channels lose their precision. Grouped along the t
 each channel has a range of its own. A group's bytes (each channel's codes of G tokens, then its
 fp16 minimum and step: `QuantConfig.packed_bytes(G)` per channel) are laid out over the G cache
 slots it covers, `slot_bytes` each, so the cache stays [rows, slots, bytes] on every tier and a
-read of whole groups is a read of a run of slots. A group is encoded once its G tokens are in;
-until then the cache keeps the newest keys in full precision (BlockCache's `recent` buffers).
+read of whole groups is a read of a run of slots. The newest group is kept in full precision
+(BlockCache's `recent` buffers) and encoded when the token after it arrives.
 """
 from __future__ import annotations
 
@@ -58,13 +58,18 @@ def decode(stored: torch.Tensor, head_dim: int, cfg: QuantConfig, dtype: torch.d
     return out
 
 
-def stored_and_seen(keys: torch.Tensor, cfg: QuantConfig, pads: list[int] | None = None
-                    ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """A prompt's keys [b, kv, s, d] -> ((its whole groups encoded, the rest in full precision), what
-    the cache gives back for them: the groups decoded, then the rest as they are). A row's left
-    padding (`pads`) is encoded as its first real key, so no pad widens a channel's range."""
+def stored_and_seen(keys: torch.Tensor, cfg: QuantConfig, pads: list[int] | None = None):
+    """A prompt's keys [b, kv, s, d] -> ((encoded groups [b, kv, v + e, slot bytes], the last group in
+    full precision [b, kv, G, d], v), what the cache gives back for them).
+
+    Groups end where the prompt ends (slot = column + v, v = -s mod G), so a row's groups depend on
+    its own tokens only, not on the padding its block gives it; the last G keys wait in full
+    precision (the group filling, until the next token starts a new one), the e = s - G before them
+    are encoded. Left padding and the v slots before column 0 hold the row's first real key, so
+    they never widen a channel's range."""
     b, kv, s, d = keys.shape
-    whole = s // cfg.group_size * cfg.group_size
+    g = cfg.group_size
+    v = -s % g
     source = keys
     if pads and any(pads[:b]):
         source = keys.clone()
@@ -72,8 +77,10 @@ def stored_and_seen(keys: torch.Tensor, cfg: QuantConfig, pads: list[int] | None
             if 0 < pad < s:
                 source[row, :, :pad] = keys[row, :, pad:pad + 1]
     rows = source.reshape(b * kv, s, d)
-    packed = encode(rows[:, :whole], cfg)
-    seen = torch.empty_like(rows)
-    decode(packed, d, cfg, keys.dtype, out=seen[:, :whole])
-    seen[:, whole:] = rows[:, whole:]
-    return (packed.view(b, kv, whole, packed.shape[-1]), keys[:, :, whole:]), seen.view(b, kv, s, d)
+    slots = torch.cat([rows[:, :1].expand(-1, v, -1), rows], dim=1)  # [r, v + s, d], whole groups
+    encoded = encode(slots[:, :v + s - g], cfg)
+    seen = torch.empty_like(slots)
+    decode(encoded, d, cfg, keys.dtype, out=seen[:, :v + s - g])
+    seen[:, v + s - g:] = slots[:, v + s - g:]
+    stored = (encoded.view(b, kv, v + s - g, encoded.shape[-1]), slots[:, v + s - g:].reshape(b, kv, g, d), v)
+    return stored, seen[:, v:].reshape(b, kv, s, d)

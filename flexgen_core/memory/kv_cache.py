@@ -43,7 +43,8 @@ class BlockCache:
         self.tiers, self.kv, self.cpu_attention = tiers, num_kv_heads, float(cpu_attention)
         self.dtype, self.head_dim, self.quant, self.sparsity = dtype, head_dim, quant, sparsity
         self.entries: dict[tuple[int, int], tuple[TieredRows, TieredRows]] = {}
-        self.recent: dict[tuple[int, int], TieredRows] = {}  # per-channel layers: keys of the group filling
+        self.recent: dict[tuple[int, int], TieredRows] = {}  # per-channel layers: keys of the newest group
+        self.offset: dict[tuple[int, int], int] = {}  # per-channel layers: slot - column (set by the prompt)
         self.slots: dict[tuple[int, int], int] = {}  # positions kept per (layer, batch)
         # every row on the compute device, uncompressed: loads are views of the cache itself
         self.resident = percents[0] >= 100 and quant is None
@@ -57,8 +58,11 @@ class BlockCache:
             for k, (b, max_len) in enumerate(batch_shapes):  # (sequences, cache positions) per GPU batch
                 slots = self.slots[j, k] = max_len if window is None else min(max_len, window)
                 rows = b * num_kv_heads
-                key_width = key_groups.slot_bytes(head_dim, quant) if self.channel[j] else width
-                buffers[j, k] = [("k", (rows, slots, key_width), store_dtype), ("v", (rows, slots, width), store_dtype)]
+                if self.channel[j]:  # slots = columns + v (< G): groups end where the prompt ends
+                    key_shape = (rows, slots + quant.group_size, key_groups.slot_bytes(head_dim, quant))
+                else:
+                    key_shape = (rows, slots, width)
+                buffers[j, k] = [("k", key_shape, store_dtype), ("v", (rows, slots, width), store_dtype)]
                 if self.channel[j]:
                     buffers[j, k].append(("r", (rows, quant.group_size, head_dim), dtype))
         on_disk = sum(TieredRows.disk_bytes(shape, dt, percents) for specs in buffers.values() for _, shape, dt in specs)
@@ -84,14 +88,13 @@ class BlockCache:
     # -- writes (of stored forms: see stored_and_seen) --------------------------------------
     def store_prefill(self, j: int, k: int, keys, values: torch.Tensor):
         """keys, values [b, kv, s, width] for cache positions 0..s-1 (a window keeps the last of them);
-        a per-channel layer's keys: (its whole groups encoded, the other keys) of key_groups.stored_and_seen."""
+        a per-channel layer's keys: (encoded groups, the newest group, offset) of key_groups.stored_and_seen."""
         if self.channel[j]:
-            packed, rest = keys
+            encoded, newest, self.offset[j, k] = keys
             kbuf, vbuf = self.entries[j, k]
-            if packed.shape[2]:
-                kbuf.write(_rows(packed), slice(0, packed.shape[2]))
-            if rest.shape[2]:
-                self.recent[j, k].write(_rows(rest), slice(0, rest.shape[2]))
+            if encoded.shape[2]:
+                kbuf.write(_rows(encoded), slice(0, encoded.shape[2]))
+            self.recent[j, k].write(_rows(newest))
             vbuf.write(_rows(values), slice(0, values.shape[2]))
             return
         s, slots = keys.shape[2], self.slots[j, k]
@@ -102,23 +105,23 @@ class BlockCache:
 
     def store_token(self, j: int, k: int, part: int, rows: slice, keys_rows, values_rows, t: int):
         """Rows [r, width] of the token at position t (all rows of the batch), for a run of a part's rows.
-        A per-channel layer's key (in full precision) joins the group filling; a group that fills is
-        encoded from there into its slots."""
+        A per-channel layer's key (in full precision) joins the newest group, or starts the next one
+        once that group, full, is encoded into its slots."""
         slot = t % self.slots[j, k]
         kbuf, vbuf = self.entries[j, k]
         vbuf.write_part(part, values_rows[:, None], slice(slot, slot + 1), rows)
         if not self.channel[j]:
             kbuf.write_part(part, keys_rows[:, None], slice(slot, slot + 1), rows)
             return
-        g, recent = self.group, self.recent[j, k]
-        recent.write_part(part, keys_rows[:, None], slice(t % g, t % g + 1), rows)
-        if (t + 1) % g == 0:
+        g, recent, slot = self.group, self.recent[j, k], t + self.offset[j, k]
+        if slot % g == 0:  # the newest group is full: encoded into its slots before this key starts the next
             group = recent.read_part(part, None, rows=rows)  # on the compute device
             start = recent.parts[part][1] + (rows.start if rows is not None else 0)
             encoded = key_groups.encode(group, self.quant)
             whole = encoded.new_empty((recent.shape[0],) + encoded.shape[1:])  # write_part takes all rows
             whole[start:start + encoded.shape[0]] = encoded
-            kbuf.write_part(part, whole, slice(t + 1 - g, t + 1), rows)
+            kbuf.write_part(part, whole, slice(slot - g, slot), rows)
+        recent.write_part(part, keys_rows[:, None], slice(slot % g, slot % g + 1), rows)
 
     def slot_valid(self, j: int, k: int, key_valid: torch.Tensor, t: int) -> torch.Tensor:
         """[b, t + 1] valid flags of cache columns -> the flags of what `load` gives back: the same
@@ -171,18 +174,18 @@ class BlockCache:
         return out
 
     def _expanded_channel_keys(self, j: int, k: int, part: int, rows: slice, t: int, where: str) -> torch.Tensor:
-        """Keys of positions 0..t-1 of a per-channel layer (its whole groups decoded, then the group
-        filling, in full precision) and a slot for the new token, as a copy on `where`."""
+        """Keys of positions 0..t-1 of a per-channel layer (its encoded groups decoded, then the newest
+        group in full precision) and a slot for the new token, as a copy on `where`."""
         dev = self.tiers.device if where == "gpu" else torch.device("cpu")
-        out = torch.empty((rows.stop - rows.start, t + 1, self.head_dim), dtype=self.dtype, device=dev)
-        whole = t // self.group * self.group
-        if whole:
+        v, g = self.offset[j, k], self.group
+        out = torch.empty((rows.stop - rows.start, v + t + 1, self.head_dim), dtype=self.dtype, device=dev)  # by slot
+        newest = (t + v - 1) // g * g  # the first slot of the newest group
+        if newest:
             kbuf = self.entries[j, k][0]
-            key_groups.decode(kbuf.read_part(part, slice(0, whole), to=where, rows=rows), self.head_dim, self.quant,
-                              self.dtype, out=out[:, :whole])
-        if t > whole:
-            out[:, whole:t] = self.recent[j, k].read_part(part, slice(0, t - whole), to=where, rows=rows)
-        return out
+            key_groups.decode(kbuf.read_part(part, slice(0, newest), to=where, rows=rows), self.head_dim, self.quant,
+                              self.dtype, out=out[:, :newest])
+        out[:, newest:t + v] = self.recent[j, k].read_part(part, slice(0, t + v - newest), to=where, rows=rows)
+        return out[:, v:]
 
     def gather_values(self, j: int, k: int, seg: Segment, positions: torch.Tensor,
                       new_rows: torch.Tensor) -> torch.Tensor:
@@ -204,7 +207,7 @@ class BlockCache:
     def free(self):
         for buf in self._made:
             buf.free()
-        self._made, self.entries, self.recent = [], {}, {}
+        self._made, self.entries, self.recent, self.offset = [], {}, {}, {}
 
 
 def stored_and_seen(x: torch.Tensor, quant: QuantConfig | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,7 +224,7 @@ def prompt_stored_and_seen(keys: torch.Tensor, values: torch.Tensor, quant: Quan
                            pads: list[int] | None = None):
     """stored_and_seen of a prompt's keys and values [b, kv, s, d] (rows left-padded by `pads`); keys
     per channel where `channel_keys` (key_groups.used), which the attention over the prompt sees as
-    the cache will give them back after it: whole groups decoded, the rest as they are."""
+    the cache will give them back after it: all but the last G decoded, those as they are."""
     k = key_groups.stored_and_seen(keys, quant, pads) if channel_keys else stored_and_seen(keys, quant)
     return k, stored_and_seen(values, quant)
 
