@@ -4,6 +4,7 @@ on every placement."""
 import pytest
 import tiny_models
 import torch
+from test_compression import POLICIES as COMPRESSED_PLACEMENTS
 
 from flexgen_core import LLM, Policy, SamplingParams
 from flexgen_core.memory import key_groups
@@ -100,15 +101,8 @@ def test_an_unknown_key_scheme_is_named():
 
 
 CHANNEL = dict(compress_cache=True, cache_keys="channel", compression_group_size=G)
-PLACEMENTS = {
-    "device": Policy(**CHANNEL),
-    "all-disk": Policy(weights=(0, 0, 100), cache=(0, 0, 100), activations=(0, 0, 100), **CHANNEL),
-    "mix": Policy(weights=MIX, cache=MIX, activations=MIX, **CHANNEL),
-    "mix-cpu-attention": Policy(weights=MIX, cache=MIX, cpu_attention=True, **CHANNEL),
-    "mix-cpu-attention-share": Policy(weights=MIX, cache=MIX, cpu_attention=0.5, **CHANNEL),
-    "mix-no-overlap": Policy(weights=MIX, cache=MIX, overlap=False, **CHANNEL),
-    "mix-1x4": Policy(weights=MIX, cache=MIX, gpu_batch_size=1, num_gpu_batches=4, **CHANNEL),  # other padding
-}
+# test_compression's placements (weights and cache on each tier, CPU attention, a 1x4 block), keys per channel
+PLACEMENTS = {name: policy.with_(**CHANNEL) for name, policy in COMPRESSED_PLACEMENTS.items()}
 PROMPTS = [[5, 17, 33, 40, 41, 42] * 3, [7, 8, 9], [100, 101, 102, 103, 104, 105, 106, 107, 108] * 2, [250, 251]]
 PARAMS = SamplingParams(max_new_tokens=12, ignore_eos=True)  # past two group boundaries of every row
 
@@ -131,13 +125,13 @@ def on_device(tiny_llama_dir, tmp_path_factory):
 def test_keys_per_channel_give_the_same_outputs_on_every_placement(tiny_llama_dir, on_device, name, sparsity,
                                                                   tmp_path):
     policy = PLACEMENTS[name].with_(attn_sparsity=sparsity)
-    if sparsity < 1 and name == "mix-1x4":
+    if sparsity < 1 and policy.gpu_batch_size == 1:
         pytest.skip("top-k selection is discontinuous: padding moves scores by ~1e-7 and can flip a near-tie")
     (want_gen, want_scores) = on_device[sparsity]
     got_gen, got_scores = _generate_and_score(tiny_llama_dir, policy, tmp_path)
     # other padding changes fp32 sums at the last bit, which a 4-bit code on a rounding boundary can
     # carry to 1e-4 (a row's groups themselves do not move: else log-probs would differ by tenths)
-    tol = 1e-3 if name == "mix-1x4" else 1e-5
+    tol = 1e-3 if policy.gpu_batch_size == 1 else 1e-5
     for want, got in zip(want_gen, got_gen):
         assert got.outputs[0].token_ids == want.outputs[0].token_ids
         assert got.outputs[0].logprobs == pytest.approx(want.outputs[0].logprobs, abs=tol)
