@@ -268,7 +268,8 @@ def test_compressed_policies_count_what_4_bit_work_holds_on_the_device():
         x = fractions(p)
         return [lin.value(x) for lin in BlockModel(OPT30, p, s, n, T4, dt).memory_terms(True)["gpu"]]
 
-    plain, weights_c, cache_c = gpu_terms(), gpu_terms(compress_weight=True), gpu_terms(compress_cache=True)
+    plain, weights_c, cache_c = gpu_terms(), gpu_terms(compress_weight=True), gpu_terms(compress_cache=True, cache_keys="token")
+    # (per-token keys: the full-precision group of keys per channel is counted in test_key_groups)
     scratch = scratch_bytes("cuda", 1e12)
     assert scratch == (1 << 24) * 9 and scratch_bytes("cuda", 1000) == 9000  # a block, or less
     from flexgen_core.planning.cost_model import compressed_bytes_per_element

@@ -54,9 +54,10 @@ class Policy:
     compression_group_size: int = 64
     # how a weight group's 4/8-bit range is chosen: "minmax" (the paper's) or "mse" (least squared error)
     weight_ranges: str = "minmax"
-    # how a compressed cache groups keys: "token" (each key's channels, as values: the paper's) or
-    # "channel" (each channel over compression_group_size tokens, the newest in full precision: KIVI)
-    cache_keys: str = "token"
+    # how a compressed cache groups keys: "channel" (each channel over compression_group_size tokens,
+    # the newest group in full precision: KIVI; SmolLM2's LAMBADA within a point of fp32 where per
+    # token lost 6, results/compression_cpu.md) or "token" (each key's channels, as values: the paper's)
+    cache_keys: str = "channel"
     attn_sparsity: float = 1.0  # fraction of attention scores kept per decode step (1.0: dense)
 
     def __post_init__(self):
@@ -107,7 +108,7 @@ class Policy:
             flags[0] = f"cpu_attention {self.cpu_attention:.0%}"
         if self.compress_weight and self.weight_ranges != "minmax":
             flags[flags.index("compress_weight")] = f"compress_weight ({self.weight_ranges} ranges)"
-        if self.compress_cache and self.cache_keys != "token":
+        if self.compress_cache:
             flags[flags.index("compress_cache")] = f"compress_cache (keys per {self.cache_keys})"
         if not self.overlap:
             flags.append("no-overlap")

@@ -310,8 +310,8 @@ def render_md(meta: dict, summary: dict, check: dict | None, names: list[str]) -
         "`LLM.score()` gives per-token log-likelihoods and greedy flags. With cache compression every attention "
         "read of K/V (prefill included) goes through the codec; sparsity keeps each query's top fraction of "
         "scores in prefill as in decode, so scoring measures both. `…-channel` rows group each key channel over "
-        f"{meta['group_size']} tokens (`cache_keys=\"channel\"`, KIVI); a prompt's keys after its last whole "
-        "group stay in full precision, as the group filling does in decode.",
+        f"{meta['group_size']} tokens (`cache_keys=\"channel\"`, KIVI; groups end where the prompt ends); a "
+        "prompt's last group of keys stays in full precision, as the newest group does in decode.",
         "- LAMBADA (OpenAI), `lambada/lambada_test.jsonl`, as lm-eval `lambada_openai`: context = text up to the "
         "last space, continuation = \" \" + last word, tokenized as lm-eval's HF backend (`_encode_pair`: "
         "trailing context spaces move to the continuation; encode context+continuation and context, the "

@@ -38,7 +38,7 @@ def register(subparsers):
                      help="values per group (default 64; for keys per channel, tokens per group)")
     mem.add_argument("--weight-ranges", choices=RANGES, help="a weight group's range: minmax (default) or mse")
     mem.add_argument("--cache-keys", choices=CACHE_KEYS,
-                     help="compressed keys grouped per token (default, the paper's) or per channel (KIVI)")
+                     help="compressed keys grouped per channel (default; KIVI) or per token (the paper's)")
     mem.add_argument("--hardware", help="planner hardware profile, a preset or a JSON file from `flexgen-eval "
                                         "profile` (default: this machine measured on a CPU, the closest preset on a GPU)")
     mem.add_argument("--plan-prompt-len", type=int, default=512,

@@ -28,9 +28,9 @@ def register(subparsers):
                                                     "or a JSON file from `flexgen-eval profile`")
     p.add_argument("--compress-weight", action="store_true", help="4-bit group-wise weights")
     p.add_argument("--compress-cache", action="store_true", help="4-bit group-wise KV cache")
-    p.add_argument("--cache-keys", choices=CACHE_KEYS, default="token",
-                   help="compressed keys grouped per token (default, the paper's) or per channel (KIVI: the "
-                        "newest group of keys held in full precision, which the plan counts)")
+    p.add_argument("--cache-keys", choices=CACHE_KEYS,
+                   help="compressed keys grouped per channel (default; KIVI: the newest group of keys held in "
+                        "full precision, which the plan counts) or per token (the paper's)")
     p.add_argument("--cpu-attention", type=_attention_share, default=None, metavar="auto|on|off|SHARE",
                    help="attend the off-device cache on the CPU: on, off, or the share of its rows (0-1) "
                         "attended there while the link brings the rest (auto, the default: the planner decides)")
@@ -61,7 +61,7 @@ def run(args) -> int:
     plan = plan_policy(
         load_spec(args.model), args.prompt_len, args.gen_len, memory, hw,
         compress_weight=args.compress_weight, compress_cache=args.compress_cache,
-        compression={"cache_keys": args.cache_keys} if args.compress_cache else None, cpu_attention=args.cpu_attention,
+        compression={"cache_keys": args.cache_keys} if args.cache_keys else None, cpu_attention=args.cpu_attention,
         margin=args.margin, max_block_size=args.max_block_size)
     print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.describe())
     return 0
