@@ -91,10 +91,10 @@ def run(args) -> int:
     rows, records = [], []
     for name, precision, measured, kw in PAPER:
         spec = ModelSpec.from_name(name)
-        paper_policy = Policy(**kw)
+        paper_policy = Policy(**kw, cache_keys="token")  # the paper's compression: keys grouped per token
         paper_est = estimate(spec, paper_policy, PROMPT, GEN, t4)
         plan = plan_policy(spec, PROMPT, GEN, BUDGET, t4, compress_weight=paper_policy.compress_weight,
-                           compress_cache=paper_policy.compress_cache)
+                           compress_cache=paper_policy.compress_cache, compression={"cache_keys": "token"})
         for who, policy, est, paper_tps in (("paper", paper_policy, paper_est, measured),
                                             ("planner", plan.policy, plan.estimate, None)):
             ratio = f"{est.throughput / paper_tps:.2f}" if paper_tps else ""
