@@ -51,7 +51,6 @@ class BlockCache:
         width, store_dtype = (head_dim, dtype) if quant is None else (quant.packed_bytes(head_dim), torch.uint8)
         # keys per channel on layers without a window (a sliding layer's ring keeps per-token keys)
         self.channel = [key_groups.used(quant, channel_keys, windows[j] if windows else None) for j in range(num_layers)]
-        self.group = quant.group_size if quant is not None else 0
         buffers = {}  # (layer, batch) -> [(name, shape, dtype)] of its keys, values (and recent keys)
         for j in range(num_layers):
             window = windows[j] if windows else None
@@ -113,14 +112,11 @@ class BlockCache:
         if not self.channel[j]:
             kbuf.write_part(part, keys_rows[:, None], slice(slot, slot + 1), rows)
             return
-        g, recent, slot = self.group, self.recent[j, k], t + self.offset[j, k]
+        g, recent, slot = self.quant.group_size, self.recent[j, k], t + self.offset[j, k]
         if slot % g == 0:  # the newest group is full: encoded into its slots before this key starts the next
             group = recent.read_part(part, None, rows=rows)  # on the compute device
-            start = recent.parts[part][1] + (rows.start if rows is not None else 0)
-            encoded = key_groups.encode(group, self.quant)
-            whole = encoded.new_empty((recent.shape[0],) + encoded.shape[1:])  # write_part takes all rows
-            whole[start:start + encoded.shape[0]] = encoded
-            kbuf.write_part(part, whole, slice(slot - g, slot), rows)
+            # kbuf and recent split the same rows alike, so the group's rows are kbuf's too
+            kbuf.write_rows(part, key_groups.encode(group, self.quant), slice(slot - g, slot), rows)
         recent.write_part(part, keys_rows[:, None], slice(slot % g, slot % g + 1), rows)
 
     def slot_valid(self, j: int, k: int, key_valid: torch.Tensor, t: int) -> torch.Tensor:
@@ -177,7 +173,7 @@ class BlockCache:
         """Keys of positions 0..t-1 of a per-channel layer (its encoded groups decoded, then the newest
         group in full precision) and a slot for the new token, as a copy on `where`."""
         dev = self.tiers.device if where == "gpu" else torch.device("cpu")
-        v, g = self.offset[j, k], self.group
+        v, g = self.offset[j, k], self.quant.group_size
         out = torch.empty((rows.stop - rows.start, v + t + 1, self.head_dim), dtype=self.dtype, device=dev)  # by slot
         newest = (t + v - 1) // g * g  # the first slot of the newest group
         if newest:

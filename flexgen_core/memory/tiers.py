@@ -337,9 +337,14 @@ class TieredRows:
     def write_part(self, i: int, value: torch.Tensor, index: slice | None = None, rows: slice | None = None):
         """Part i from `value` (all rows of the tensor); `rows` (within the part) limits it to a
         run of the part's rows."""
+        _, start, end, _ = self.parts[i]
+        lo, hi = _row_range(rows, end - start)
+        self.write_rows(i, value[start + lo:start + hi], index, rows)
+
+    def write_rows(self, i: int, src: torch.Tensor, index: slice | None = None, rows: slice | None = None):
+        """Part i's rows `rows` (all of them by default) from `src`, which holds just those rows."""
         tier, start, end, storage = self.parts[i]
         lo, hi = _row_range(rows, end - start)
-        src = value[start + lo:start + hi]
         whole = (lo, hi) == (0, end - start)
         if tier == "disk":
             if index is None and whole:
