@@ -147,3 +147,33 @@ def test_whole_rows_are_moved_only_for_a_prefix_worth_it():
     assert not whole(slice(1, 5), rows) and not whole(slice(0, 8, 2), rows)  # not a prefix
     assert not whole(slice(0, 10), rows) and not whole(None, rows)  # already everything
     assert not whole(slice(0, 5), rows[:, :8])  # rows that are not contiguous
+
+
+@pytest.mark.parametrize("positions, whole_rows", [(slice(0, 9), True), (slice(0, 2), False), (slice(3, 5), False),
+                                                   (slice(0, 12), True), (slice(0, 0), False)])
+def test_disk_rows_read_at_some_positions(tmp_path, positions, whole_rows):
+    """A disk part's positions (a cache row's first ones) read with pread, as whole rows when the
+    positions are most of a row, else each row's run; the bytes counted are the bytes read."""
+    tiers = TierSet(torch.device("cpu"), str(tmp_path))
+    value = torch.randn(10, 12, 3)
+    buf = TieredRows(tiers, value.shape, value.dtype, (0, 0, 100), "kv")
+    buf.write(value)
+    before = tiers.stats.as_dict()["read"]["disk"]
+    got = buf.read_part(0, positions, to="cpu", rows=slice(2, 7))
+    assert got.is_contiguous() and torch.equal(got, value[2:7, positions])
+    wanted = 12 if whole_rows else len(range(*positions.indices(12)))
+    assert tiers.stats.as_dict()["read"]["disk"] - before == 5 * wanted * 3 * 4
+    tiers.close()
+
+
+def test_large_disk_reads_in_pieces_fill_every_byte(tmp_path, monkeypatch):
+    """A read cut into pieces read at once (several in flight) lands every byte where it belongs."""
+    import flexgen_core.memory.tiers as tiers_module
+    monkeypatch.setattr(tiers_module, "READ_PIECE", 1000)  # 4 KiB rows: pieces cut inside rows
+    tiers = TierSet(torch.device("cpu"), str(tmp_path))
+    value = torch.randn(33, 1024)
+    buf = TieredRows(tiers, value.shape, value.dtype, (0, 0, 100), "w")
+    buf.write(value)
+    assert torch.equal(buf.read(), value)
+    assert torch.equal(buf.read_part(0, slice(0, 100), to="cpu", rows=slice(1, 30)), value[1:30, :100])
+    tiers.close()
