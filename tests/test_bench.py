@@ -139,6 +139,18 @@ def test_timing_pairs_runs_with_their_prefill_and_projects_decode():
     assert not single["prefill_paired"] and single["decode_s"] == pytest.approx(4.5)
 
 
+def test_timing_takes_the_prefill_a_run_timed_itself_where_the_system_reports_it():
+    # the prefill-only runs took 10 s, but inside the runs (writing the KV cache) 13 and 14 s:
+    # decode = (T - in-run prefill) * 31 / 7, throughput over the in-run prefill + that decode
+    t = runner.timing("flexgen", 4, [10.0, 10.0], [20.0, 21.0], gen_len=32, n_run=8, in_run_prefills=[13.0, 14.0])
+    assert t["prefill_from"] == "the run's own first step" and t["prefill_s"] == pytest.approx(13.5)
+    assert t["decode_s"] == pytest.approx(7.0 * 31 / 7)
+    assert t["throughput_runs"] == pytest.approx([128 / (13 + 31), 128 / (14 + 31)])
+    row = {"run_details": [{"step_seconds": [[6.0, 1.0, 1.0], [7.0, 1.0]]}, {"step_seconds": [[8.0, 2.0]]}]}
+    assert runner.in_run_prefills(row) == [13.0, 8.0]  # the first step of each block
+    assert runner.in_run_prefills({"run_details": [{"experts_read": {}}]}) is None
+
+
 def test_random_prompts_have_the_exact_length():
     prompts = runner.random_prompts(3, 17, 320, seed=1)
     assert len(prompts) == 3 and all(len(p) == 17 for p in prompts)
