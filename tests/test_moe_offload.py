@@ -19,13 +19,13 @@ def mixtral(tmp_path_factory):
 @pytest.fixture
 def expert_reads(monkeypatch):
     """(layer, expert) of every expert read from its tier, in order."""
-    reads, read = [], ExpertLoads._read
+    reads, read = [], ExpertLoads._read_many
 
-    def recording(self, e):
-        reads.append((self.layer, e))
-        return read(self, e)
+    def recording(self, experts):
+        reads.extend((self.layer, e) for e in experts)
+        return read(self, experts)
 
-    monkeypatch.setattr(ExpertLoads, "_read", recording)
+    monkeypatch.setattr(ExpertLoads, "_read_many", recording)
     return reads
 
 

@@ -177,3 +177,19 @@ def test_large_disk_reads_in_pieces_fill_every_byte(tmp_path, monkeypatch):
     assert torch.equal(buf.read(), value)
     assert torch.equal(buf.read_part(0, slice(0, 100), to="cpu", rows=slice(1, 30)), value[1:30, :100])
     tiers.close()
+
+
+def test_read_each_gives_what_read_gives_with_the_disk_reads_together(tmp_path, monkeypatch):
+    import flexgen_core.memory.tiers as tiers_module
+    monkeypatch.setattr(tiers_module, "READ_PIECE", 4096)  # several pieces per buffer
+    tiers = TierSet(torch.device("cpu"), str(tmp_path))
+    values = [torch.randint(0, 255, (n,), dtype=torch.uint8) for n in (10000, 5000, 7, 12288)]
+    buffers = [TieredRows(tiers, v.shape, v.dtype, p, f"e{i}")
+               for i, (v, p) in enumerate(zip(values, [(0, 0, 100), (100, 0, 0), (0, 0, 100), (0, 100, 0)]))]
+    for b, v in zip(buffers, values):
+        b.write(v)
+    before = tiers.stats.as_dict()["read"]["disk"]
+    got = tiers_module.read_each(buffers)
+    assert all(torch.equal(g, v) for g, v in zip(got, values))
+    assert tiers.stats.as_dict()["read"]["disk"] - before == 10000 + 7
+    tiers.close()

@@ -20,7 +20,7 @@ from ..model.layers import EXPERTS, WeightSpec, by_expert, storage_plan, unroute
 from . import weight_copies
 from .compression import QuantConfig, dequantize, quantize
 from .io_queue import IOQueue
-from .tiers import TIERS, DiskArray, TieredRows, TierSet, check_free_space, split_rows
+from .tiers import TIERS, DiskArray, TieredRows, TierSet, check_free_space, read_each, split_rows
 
 log = logging.getLogger("flexgen")
 
@@ -329,12 +329,14 @@ class ExpertLoads:
             yield e, self._tensors(e)
 
     def read_all(self):
-        """Every expert now, on this thread, before the router has run."""
-        for e, (layout, buffer) in self.units.items():
-            if not self._on_device(e):
-                self._hold(_working_bytes(layout, buffer))
-                self._count(layout)
-                self.loaded[e] = self._read(e)
+        """Every expert now, on this thread, before the router has run, their disk reads in flight
+        together."""
+        wanted = [e for e in self.units if not self._on_device(e)]
+        for e in wanted:
+            layout, buffer = self.units[e]
+            self._hold(_working_bytes(layout, buffer))
+            self._count(layout)
+        self.loaded.update(zip(wanted, self._read_many(wanted)))
 
     def _count(self, layout):
         self.store.experts_read["count"] += 1
@@ -345,8 +347,11 @@ class ExpertLoads:
         return _working_bytes(layout, buffer) == 0
 
     def _read(self, e) -> dict[str, torch.Tensor]:
-        layout, buffer = self.units[e]
-        return layout.decode(buffer.read())
+        return self._read_many([e])[0]
+
+    def _read_many(self, experts) -> list[dict[str, torch.Tensor]]:
+        flats = read_each([self.units[e][1] for e in experts])
+        return [self.units[e][0].decode(flat) for e, flat in zip(experts, flats)]
 
     def _tensors(self, e) -> dict[str, torch.Tensor]:
         if e not in self.loaded:  # raw on the device: views
