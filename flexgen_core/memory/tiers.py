@@ -125,8 +125,8 @@ def read_each(buffers: list["TieredRows"]) -> list[torch.Tensor]:
     """Each buffer whole on the compute device, as its `read()` gives it, with the disk reads of all
     of them in flight together: read one by one, the disk waits between buffers for the next to
     start (a layer's experts: 64 reads of 12.6 MB)."""
-    outs, requests = [], []
-    for buffer in buffers:
+    outs, requests, on_disk = [], [], []
+    for i, buffer in enumerate(buffers):
         if buffer.only_tier() != "disk":
             outs.append(buffer.read())
             continue
@@ -134,12 +134,14 @@ def read_each(buffers: list["TieredRows"]) -> list[torch.Tensor]:
         tiers.moved("disk", read=buffer._bytes(buffer.shape[0], None))
         host = (tiers.host_empty(buffer.shape, buffer.dtype) if tiers.on_cuda
                 else torch.empty(buffer.shape, dtype=buffer.dtype))
-        raw = host.view(torch.uint8).numpy() if host.dtype != torch.uint8 else host.numpy()
-        requests.append((buffer.parts[0][3].path, memoryview(raw.reshape(-1)).cast("B"), 0))
+        requests.append(buffer.parts[0][3].request(host))
         outs.append(host)
+        on_disk.append(i)
     pread_pieces(requests)
-    return [out.to(b.tiers.device, non_blocking=True) if b.only_tier() == "disk" and b.tiers.on_cuda else out
-            for b, out in zip(buffers, outs)]
+    for i in on_disk:
+        if buffers[i].tiers.on_cuda:
+            outs[i] = outs[i].to(buffers[i].tiers.device, non_blocking=True)
+    return outs
 
 
 def _row_prefix_worth_whole_rows(index, storage) -> bool:
@@ -278,9 +280,13 @@ class DiskArray:
     def read_into(self, out: torch.Tensor, offset_elems: int = 0):
         """Read a contiguous range straight into `out` (CPU), then drop it from the page cache:
         the disk tier exists because RAM is short, so later reads must come from the disk."""
-        view = out.view(torch.uint8).numpy() if out.dtype != torch.uint8 else out.numpy()
-        self._pread([(memoryview(view).cast("B"), offset_elems * out.element_size())])
+        pread_pieces([self.request(out, offset_elems)])
         return out
+
+    def request(self, out: torch.Tensor, offset_elems: int = 0) -> tuple[str, memoryview, int]:
+        """The (file, buffer, byte position) of a pread_pieces request filling contiguous CPU `out`."""
+        view = out.view(torch.uint8).numpy() if out.dtype != torch.uint8 else out.numpy()
+        return self.path, memoryview(view.reshape(-1)).cast("B"), offset_elems * out.element_size()
 
     def read_spans(self, offsets: list[int], span: int) -> torch.Tensor:
         """[len(offsets), span] elements from these element offsets of the file (flat), read with
@@ -288,11 +294,8 @@ class DiskArray:
         cache like every disk read."""
         out = torch.empty((len(offsets), span), dtype=self.dtype)
         raw = out.view(torch.uint8).numpy()
-        self._pread([(memoryview(raw[i]), off * out.element_size()) for i, off in enumerate(offsets)])
+        pread_pieces([(self.path, memoryview(raw[i]), off * out.element_size()) for i, off in enumerate(offsets)])
         return out
-
-    def _pread(self, requests: list[tuple[memoryview, int]]):
-        pread_pieces([(self.path, buf, pos) for buf, pos in requests])
 
     def write_all(self, value: torch.Tensor, durable: bool = True):
         """Write the whole file. Durable (weights, reused across runs) waits for the disk; a

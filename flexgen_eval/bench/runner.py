@@ -511,9 +511,8 @@ def timing(system: str, batch: int, prefill_runs: list, runs: list, gen_len: int
     g, per_run = gen_len, []
     in_run = in_run_prefills is not None and len(in_run_prefills) >= len(runs)
     paired = in_run or len(prefill_runs) >= len(runs)
-    for i, t in enumerate(runs):
-        p = (in_run_prefills[i] if in_run else prefill_runs[i] if len(prefill_runs) >= len(runs)
-             else statistics.median(prefill_runs))
+    prefills = in_run_prefills if in_run else prefill_runs if paired else [statistics.median(prefill_runs)] * len(runs)
+    for p, t in zip(prefills, runs):
         if system == "flexgen-0.1.8":  # FlexGen projects its own decode when cut
             decode = t - p
         else:
