@@ -154,7 +154,9 @@ def plan_policy(spec: ModelSpec, prompt_len: int, gen_len: int, memory: dict,
         # On a CPU a block of k batches loads each layer once per step just like one batch of the
         # same rows, but runs k smaller matmuls that each read the weights from memory again:
         # measured (OPT-1.3B, 64 rows, same placement) 4.54 s per decode step as 64x1 against
-        # 5.78 s as 16x4, which the cost model, bound by the disk there, predicts equal.
+        # 5.78 s as 16x4, which the cost model, bound by the disk there, predicts equal. A mixture is
+        # worse: OLMoE-1B-7B, 256 rows, weights in RAM, 3.33 s per decode step as 256x1 against 12.6 s
+        # as 32x8 (each batch of 32 touches nearly every expert and reads it from memory again).
         num_gpu_batches = (1,)
 
     def shape(b, k, attn):
