@@ -130,11 +130,8 @@ def read_each(buffers: list["TieredRows"]) -> list[torch.Tensor]:
         if buffer.only_tier() != "disk":
             outs.append(buffer.read())
             continue
-        tiers = buffer.tiers
-        tiers.moved("disk", read=buffer._bytes(buffer.shape[0], None))
-        host = (tiers.host_empty(buffer.shape, buffer.dtype) if tiers.on_cuda
-                else torch.empty(buffer.shape, dtype=buffer.dtype))
-        requests.append(buffer.parts[0][3].request(host))
+        host, request = buffer.disk_request()
+        requests.append(request)
         outs.append(host)
         on_disk.append(i)
     pread_pieces(requests)
@@ -369,6 +366,14 @@ class TieredRows:
 
     def only_tier(self) -> str | None:
         return self.parts[0][0] if len(self.parts) == 1 else None
+
+    def disk_request(self) -> tuple[torch.Tensor, tuple[str, memoryview, int]]:
+        """Of a buffer wholly on disk: the CPU tensor a whole read fills (pinned staging on CUDA, to
+        be moved to the device) and the pread_pieces request that fills it; its bytes counted as read."""
+        self.tiers.moved("disk", read=self._bytes(self.shape[0], None))
+        host = (self.tiers.host_empty(self.shape, self.dtype) if self.tiers.on_cuda
+                else torch.empty(self.shape, dtype=self.dtype))
+        return host, self.parts[0][3].request(host)
 
     def _bytes(self, rows: int, index) -> int:
         inner = self.row_elems
