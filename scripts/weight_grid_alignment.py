@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import random
 import sys
@@ -24,9 +23,16 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from flexgen_core.memory.compression import QuantConfig, dequantize, quantize  # noqa: E402
+from flexgen_core.memory.compression import QuantConfig, _least_error_range, _minmax_range, dequantize, quantize  # noqa: E402
 from flexgen_core.model.store import fetch_model  # noqa: E402
-from flexgen_eval.bench.compression_accuracy import data_dir, lambada_pairs, machine, wikitext_windows  # noqa: E402
+from flexgen_eval.bench.compression_accuracy import (  # noqa: E402
+    data_dir,
+    lambada_metrics,
+    lambada_pairs,
+    machine,
+    wiki_metrics,
+    wikitext_windows,
+)
 
 SCHEMES = ["fp32", "minmax-g64", "minmax-g32", "kquant-like"]
 
@@ -41,20 +47,9 @@ def kquant_like(w: torch.Tensor) -> torch.Tensor:
     x = w.float()
     if n % 256:
         x = torch.cat([x, x[:, -1:].expand(-1, -n % 256)], 1)
-    sub = x.reshape(rows, -1, 8, 32)
-    low, high = sub.amin(-1), sub.amax(-1)
-    best = None
-    for shrink in (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7):  # the sub-block range of least squared error
-        mid, width = (low + high) / 2, (high - low) * shrink
-        lo, step = mid - width / 2, width / 15
-        codes = ((sub - lo[..., None]) / step.clamp_min(1e-12)[..., None]).round().clamp(0, 15)
-        err = (lo[..., None] + codes * step[..., None] - sub).pow(2).sum(-1)
-        if best is None:
-            best = [err, lo, step]
-        else:
-            better = err < best[0]
-            best = [torch.where(better, a, b) for a, b in zip((err, lo, step), best)]
-    _, lo, step = best
+    sub = x.reshape(-1, 8, 32)
+    lo, step = _minmax_range(sub, sub.amin(-1), sub.amax(-1), 15)
+    lo, step = (t.float() for t in _least_error_range(sub, lo, step, 15))  # the codec's "mse" ranges
     step_max = step.amax(-1, keepdim=True).half().float().clamp_min(1e-12)
     step = (step / step_max * 63).round().clamp(1, 63) * step_max / 63
     lo_max = lo.abs().amax(-1, keepdim=True).half().float().clamp_min(1e-12)
@@ -103,12 +98,12 @@ def main():
             model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
             if scheme != "fp32":
                 fake_quantize(model, scheme, offset)
-            lam = [score(model, c, x) for c, x in docs]
-            wiki = [(score(model, *windows[i])[0], len(windows[i][1])) for i in order]
-            row = {"scheme": scheme, "offset": offset, "lambada_acc": 100 * sum(g for _, g in lam) / len(lam),
-                   "lambada_ppl": math.exp(-sum(ll for ll, _ in lam) / len(lam)),
-                   "wiki_ppl": math.exp(-sum(ll for ll, _ in wiki) / sum(n for _, n in wiki)),
-                   "lambada_greedy": [g for _, g in lam], "seconds": time.perf_counter() - t}
+            lam = {i: score(model, *pair) for i, pair in enumerate(docs)}
+            wiki = {i: (score(model, *windows[i])[0], len(windows[i][1])) for i in order}
+            lm, wm = lambada_metrics(lam, list(lam)), wiki_metrics(wiki, order)
+            row = {"scheme": scheme, "offset": offset, "lambada_acc": 100 * lm["acc"], "lambada_ppl": lm["ppl"],
+                   "wiki_ppl": wm["ppl"], "lambada_greedy": [g for _, g in lam.values()],
+                   "seconds": time.perf_counter() - t}
             rows.append(row)
             print(f"{scheme} offset {offset}: acc {row['lambada_acc']:.1f}, LAMBADA ppl {row['lambada_ppl']:.1f}, "
                   f"WikiText-2 ppl {row['wiki_ppl']:.2f}", flush=True)
