@@ -200,6 +200,25 @@ def test_cpu_device_shares_one_cpu_between_compute_and_copies():
     assert set(est.busy["decode"]) == {"cpu", "disk"}
 
 
+def _decode_matmuls(model: BlockModel) -> float:
+    """Device seconds of a decoder layer's first decode step, less its attention."""
+    step = next(s for s in model.steps if s.phase == "decode")
+    return model.busy("decoder", step)["device"].const - model._attention(step)["device"].const
+
+
+def test_a_cpu_decode_step_reads_a_layers_weights_from_memory_once_for_all_batches():
+    """On a CPU the runtime runs a decode step's decoder layer once over the block's rows, so 32x8 decodes
+    like 256x1 (a mixture's experts read once, not once per batch)."""
+    spec, cpu = ModelSpec.from_name("olmoe-1b-7b"), load_profile("cpu")
+    resident = dict(weights=(100, 0, 0), cache=(100, 0, 0), activations=(100, 0, 0))
+    one, many = Policy(gpu_batch_size=256, **resident), Policy(gpu_batch_size=32, num_gpu_batches=8, **resident)
+    merged = BlockModel(spec, many, 64, 8, cpu, 2)
+    assert merged.merged_decode and not BlockModel(spec, many, 64, 8, load_profile("h100"), 2).merged_decode
+    assert _decode_matmuls(merged) == pytest.approx(_decode_matmuls(BlockModel(spec, one, 64, 8, cpu, 2)))
+    merged.merged_decode = False  # the GPU's schedule: each batch of 32 reads nearly every expert again
+    assert _decode_matmuls(merged) > 1.2 * _decode_matmuls(BlockModel(spec, one, 64, 8, cpu, 2))
+
+
 def test_sequence_longer_than_the_model_is_refused():
     with pytest.raises(ValueError, match="max_seq_len"):
         estimate(OPT30, PAPER_30B, 2040, 32, T4)

@@ -77,6 +77,41 @@ def test_a_block_reads_each_expert_once_per_layer_step(mixtral, expert_reads, tm
     assert len(set(step)) == len(step) and all([j for j, _ in step].count(j) <= 2 * PER_TOKEN for j in range(1, layers + 1))
 
 
+@pytest.mark.parametrize("merged", [True, False])
+def test_a_decode_step_multiplies_each_expert_once_over_all_batches(mixtral, tmp_path, monkeypatch, merged):
+    """On a CPU a decode step runs each layer once over the block's batches, so an expert two batches route
+    to is one matmul over both batches' tokens (each would read its weights from memory again); batch by
+    batch (the GPU's schedule) it is one per batch that uses it."""
+    from flexgen_core.model.families import mixtral as family
+
+    calls, expert = [], family.DecoderLayer._expert
+
+    def recording(self, x, w, e):
+        calls.append((self.index, e, x.shape[0]))
+        return expert(self, x, w, e)
+
+    monkeypatch.setattr(family.DecoderLayer, "_expert", recording)
+    prompts = [list(range(3, 9)), list(range(50, 56)), list(range(20, 26)), list(range(70, 76))]
+    policy = Policy(weights=(0, 0, 100), gpu_batch_size=1, num_gpu_batches=4)
+    with LLM.from_pretrained(mixtral, policy=policy, offload_dir=str(tmp_path)) as llm:
+        llm.scheduler.merge_decode = merged
+        llm.generate(prompts, SamplingParams(max_new_tokens=1, ignore_eos=True))
+        prefill = len(calls)
+        llm.generate(prompts, SamplingParams(max_new_tokens=2, ignore_eos=True))
+    step = calls[2 * prefill:]
+    layers = {j for j, _, _ in step}
+    assert len(layers) == llm.spec.num_layers
+    per_layer = [[(e, n) for j, e, n in step if j == layer] for layer in sorted(layers)]
+    # each layer's decode step: its 4 tokens' 8 expert slots, over the experts they route to
+    assert all(sum(n for _, n in used) == len(prompts) * PER_TOKEN for used in per_layer)
+    if merged:
+        assert all(len({e for e, _ in used}) == len(used) for used in per_layer)  # each expert once
+        assert any(len(used) < len(prompts) * PER_TOKEN for used in per_layer)  # batches shared some
+    else:
+        assert all(n == 1 for used in per_layer for _, n in used)  # 1 token per batch: once per (batch, slot)
+        assert all(len(used) == len(prompts) * PER_TOKEN for used in per_layer)
+
+
 def test_a_step_that_touches_nearly_every_expert_reads_them_with_its_layer(mixtral, expert_reads, tmp_path, monkeypatch):
     """12 prompt tokens leave 8 x 0.75^12 = 0.25 experts untouched: all are read when the layer is loaded,
     before its router runs (overlapping the layer before); 4 tokens (2.5 untouched) wait for the router."""

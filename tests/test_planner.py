@@ -128,6 +128,18 @@ def test_cpu_only_machine_plans_in_fp32():
     assert not plan.policy.cpu_attention
 
 
+def test_a_cpu_plan_prefills_in_batches_to_decode_more_rows_at_once():
+    """A CPU decodes a block's batches as one (runtime/scheduler.py), so where one batch's prefill
+    working memory caps the block, several batches decode more rows per weight read."""
+    spec = ModelSpec.from_name("olmoe-1b-7b")
+    budget = {"gpu": "3GiB", "cpu": "3GiB", "disk": "60GiB"}
+    plan = plan_policy(spec, 512, 32, budget, "cpu", dtype_bytes=2, max_block_size=128)
+    single = plan_policy(spec, 512, 32, budget, "cpu", dtype_bytes=2, max_block_size=128, num_gpu_batches=(1,))
+    assert plan.policy.num_gpu_batches > 1 and plan.policy.block_size > single.policy.block_size
+    assert plan.throughput > single.throughput
+    assert fits(plan, budget)
+
+
 def test_bad_arguments_are_value_errors():
     spec = ModelSpec.from_name("opt-1.3b")
     with pytest.raises(ValueError, match="unknown memory tiers"):

@@ -125,6 +125,8 @@ class BlockModel:
         self.stored = {k: v.stored for k, v in self.sizes.layers.items()}
         self.matmul = {k: v.matmul for k, v in self.sizes.layers.items()}
         self.count = dict(self.sizes.count)
+        # a CPU runs a decode step's decoder layer once over all batches of the block (runtime/scheduler.py)
+        self.merged_decode = hardware.device == "cpu"
         self.steps = token_steps(prompt_len, gen_len)
         self._terms = None
 
@@ -179,20 +181,26 @@ class BlockModel:
             out["disk"] += Lin.var("a_disk", scale=act / hw.disk_write_bw)
         # compute; the host thread pays a fixed cost per layer call and GPU batch (a block of many
         # small batches is launch-bound)
-        out["cpu"] += k * hw.layer_call_s
+        merged = kind == "decoder" and not prefill and self.merged_decode
+        out["cpu"] += (1 if merged else k) * hw.layer_call_s
         if kind == "head":  # logits of the last position only
             out["device"] += k * self._gemm(kind, 1, prefill)
+        elif merged:  # one call over the block's rows: the weights are read from memory once
+            out["device"] += self._gemm(kind, step.new_tokens, prefill, rows=self.b * k)
+            for r, lin in self._attention(step).items():
+                out[r] += lin
         elif kind == "decoder":
             out["device"] += k * self._gemm(kind, step.new_tokens, prefill)
             for r, lin in self._attention(step).items():
                 out[r] += lin
         return out
 
-    def _gemm(self, kind: str, tokens: int, prefill: bool) -> float:
-        """A layer's matrices times the batch's tokens: bound by the FLOPs or by reading the weights."""
-        hw = self.hw
-        flops = 2 * self.b * tokens * self.matmul[kind]
-        read = self.sizes.layers[kind].streamed_for(self.b * tokens) * self.dt
+    def _gemm(self, kind: str, tokens: int, prefill: bool, rows: int | None = None) -> float:
+        """A layer's matrices times `rows` sequences' tokens (a GPU batch's by default): bound by the FLOPs
+        or by reading the weights."""
+        hw, rows = self.hw, rows or self.b
+        flops = 2 * rows * tokens * self.matmul[kind]
+        read = self.sizes.layers[kind].streamed_for(rows * tokens) * self.dt
         if hw.gemv_bw:  # measured: bound by reading the weights (few rows) or by the large-matmul rate
             return max(flops / hw.gemm_flops_prefill, read / hw.gemv_bw)
         rate = hw.gemm_flops_prefill if prefill else hw.gemm_flops_decode
@@ -291,13 +299,15 @@ class BlockModel:
 
         def working(tokens: int, keys: int, prefill: bool) -> float:
             hidden = (1 + nbuf) * self.hidden_bytes(tokens)  # input (+ next batch's), output
+            mlp = b * tokens * self.sizes.widths.mlp * dt
+            if not prefill and self.merged_decode:  # every batch's input, their concatenation, the output
+                hidden, mlp = 3 * k * self.hidden_bytes(tokens), k * mlp
             # q, k, v, the output, grouped heads' expanded k and v, fp32 scores and a boolean mask
             expanded = 2 * q_width * keys if prefill and kv_width != q_width else 0
             attn = b * (tokens * (2 * q_width + 2 * kv_width) + expanded) * dt
             if prefill and self.shape.compress_cache:  # the prompt attends to its keys and values as stored
                 attn += 2 * b * tokens * kv_width * dt
             attn += b * tokens * keys * (sp.num_heads * 4 + 1)
-            mlp = b * tokens * self.sizes.widths.mlp * dt
             return hidden + max(attn, mlp, logits)
 
         # writes waiting for their turn hold a batch's prompt keys and values, or its hidden states, on

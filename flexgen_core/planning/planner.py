@@ -150,15 +150,6 @@ def plan_policy(spec: ModelSpec, prompt_len: int, gen_len: int, memory: dict,
         attn_options = (0.0,) if compress_cache or hw.device == "cpu" else CPU_ATTENTION_SHARES
     else:
         attn_options = (cpu_attention,)
-    if hw.device == "cpu" and num_gpu_batches is NUM_GPU_BATCHES:
-        # On a CPU a block of k batches loads each layer once per step just like one batch of the
-        # same rows, but runs k smaller matmuls that each read the weights from memory again:
-        # measured (OPT-1.3B, 64 rows, same placement) 4.54 s per decode step as 64x1 against
-        # 5.78 s as 16x4, which the cost model, bound by the disk there, predicts equal. A mixture is
-        # worse: OLMoE-1B-7B, 256 rows, weights in RAM, 3.33 s per decode step as 256x1 against 12.6 s
-        # as 32x8 (each batch of 32 touches nearly every expert and reads it from memory again).
-        num_gpu_batches = (1,)
-
     def shape(b, k, attn):
         return Policy(gpu_batch_size=b, num_gpu_batches=k, cpu_attention=attn, overlap=overlap,
                       compress_weight=compress_weight, compress_cache=compress_cache, **(compression or {}))
