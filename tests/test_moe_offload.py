@@ -2,6 +2,7 @@
 and a block reads each expert at most once per layer step, however many GPU batches use it."""
 import pytest
 import tiny_models
+import torch
 
 from flexgen_core import LLM, Policy, SamplingParams
 from flexgen_core.memory.weight_store import ExpertLoads
@@ -186,3 +187,35 @@ def test_4_bit_experts_read_from_disk_give_what_they_give_on_the_device(mixtral,
         for (tokens, lps), (want_tokens, want_lps) in zip(other, outs[0]):
             assert tokens == want_tokens
             assert lps == pytest.approx(want_lps, abs=1e-5)
+
+
+def test_expert_matmuls_on_a_cpu_in_bf16_take_few_row_counts():
+    """oneDNN builds a kernel per new matmul shape on a CPU in bf16: each expert's rows are padded to one
+    of 8 counts per power of two, at most an eighth more rows, and nothing pads in fp32 or where few."""
+    from flexgen_core.model.layers import rows_in_few_shapes
+
+    bf16 = torch.empty(0, dtype=torch.bfloat16)
+    counts = {n: rows_in_few_shapes(torch.arange(n), bf16).shape[0] for n in range(1, 8193)}
+    assert all(n <= m <= n * 9 / 8 for n, m in counts.items())
+    assert all(m == n for n, m in counts.items() if n <= 16)
+    assert len(set(counts.values())) <= 16 + 8 * 9  # 8 per power of two from 16 to 8192
+    padded = rows_in_few_shapes(torch.tensor([5, 9, 2] * 7), bf16)
+    assert padded.tolist() == [5, 9, 2] * 7 + [5] * (padded.shape[0] - 21)  # the first row repeated
+    assert rows_in_few_shapes(torch.arange(1000), torch.empty(0)).shape[0] == 1000  # fp32: MKL, no kernel per shape
+
+
+def test_padded_expert_rows_leave_bf16_outputs_unchanged(mixtral, monkeypatch):
+    """The padding rows' outputs are dropped: the same greedy tokens and log-probs as unpadded."""
+    from flexgen_core.model.families import mixtral as family
+
+    prompts = [list(range(3, 40)), list(range(50, 90))]
+    outs = []
+    for pad in (True, False):
+        if not pad:
+            monkeypatch.setattr(family, "rows_in_few_shapes", lambda index, like: index)
+        with LLM.from_pretrained(mixtral, policy=Policy(gpu_batch_size=2), dtype=torch.bfloat16) as llm:
+            result = llm.generate(prompts, SamplingParams(max_new_tokens=4, ignore_eos=True, logprobs=0))
+        outs.append([(o.outputs[0].token_ids, o.outputs[0].logprobs) for o in result])
+    for (tokens, lps), (want, want_lps) in zip(*outs):
+        assert tokens == want
+        assert lps == pytest.approx(want_lps, abs=2e-2)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from ..layers import routed_experts
+from ..layers import routed_experts, rows_in_few_shapes
 from . import llama
 
 MODEL_TYPES = ("mixtral",)
@@ -72,7 +72,8 @@ class DecoderLayer(llama.DecoderLayer):
         # the experts this batch uses, each over its tokens at once, read as the router asks for them
         for e, expert in routed_experts(w, chosen.unique().tolist()):
             token, slot = torch.where(chosen == e)
-            y = self._expert(flat[token], expert, e) * weights[token, slot, None].to(flat.dtype)
+            rows = rows_in_few_shapes(token, flat)
+            y = self._expert(flat[rows], expert, e)[: token.shape[0]] * weights[token, slot, None].to(flat.dtype)
             out.index_add_(0, token, y)
         return self._norm(out.view_as(h), w, "post_mlp")
 
