@@ -185,12 +185,11 @@ class BlockModel:
         out["cpu"] += (1 if merged else k) * hw.layer_call_s
         if kind == "head":  # logits of the last position only
             out["device"] += k * self._gemm(kind, 1, prefill)
-        elif merged:  # one call over the block's rows: the weights are read from memory once
-            out["device"] += self._gemm(kind, step.new_tokens, prefill, rows=self.b * k)
-            for r, lin in self._attention(step).items():
-                out[r] += lin
         elif kind == "decoder":
-            out["device"] += k * self._gemm(kind, step.new_tokens, prefill)
+            if merged:  # one call over the block's rows: the weights are read from memory once
+                out["device"] += self._gemm(kind, step.new_tokens, prefill, rows=self.b * k)
+            else:
+                out["device"] += k * self._gemm(kind, step.new_tokens, prefill)
             for r, lin in self._attention(step).items():
                 out[r] += lin
         return out

@@ -163,25 +163,8 @@ class Scheduler:
                         self._prefix_layer(job, layer, w, prefix)
                     if step > 0 and nb > 1 and layer.kind == "decoder" and self.merge_decode:
                         self._decode_merged(job, step, j, layer, w, acts, cache, policy.attn_sparsity)
-                        del w
-                        self.weights.release(held.pop(0))
-                        continue
-                    fetch = self._fetcher(job, step, j, layer, acts, cache)
-                    pending = fetch(0)
-                    for k in range(nb):
-                        x, segments = (p.result() if p is not None else None for p in pending)
-                        if k + 1 < nb:
-                            pending = fetch(k + 1)
-                        if layer.kind == "head":
-                            self._head(job, step, k, layer, x, w)
-                        else:
-                            positions = job.inputs(step, k)[1]
-                            attend = None
-                            if layer.kind == "decoder":
-                                attend = self._attend_fn(job, step, j - 1, k, cache, segments, masks,
-                                                         policy.attn_sparsity, prefix.get("kv"))
-                            acts.put(k, layer.forward(x, w, _Context(positions, attend=attend)))
-                        x = segments = attend = None  # nothing of this batch stays alive into the next
+                    else:
+                        self._batch_by_batch(job, step, j, layer, w, acts, cache, masks, policy, prefix)
                     del w
                     self.weights.release(held.pop(0))
                 self.step_seconds.append(time.perf_counter() - step_start)
@@ -211,6 +194,27 @@ class Scheduler:
             return x, segs
 
         return fetch
+
+    def _batch_by_batch(self, job, step, j, layer, w, acts, cache, masks, policy, prefix):
+        """Layer j over the block's batches one after the other, each batch's input and cache read while
+        the one before computes."""
+        nb = len(job.batch_sizes)
+        fetch = self._fetcher(job, step, j, layer, acts, cache)
+        pending = fetch(0)
+        for k in range(nb):
+            x, segments = (p.result() if p is not None else None for p in pending)
+            if k + 1 < nb:
+                pending = fetch(k + 1)
+            if layer.kind == "head":
+                self._head(job, step, k, layer, x, w)
+            else:
+                positions = job.inputs(step, k)[1]
+                attend = None
+                if layer.kind == "decoder":
+                    attend = self._attend_fn(job, step, j - 1, k, cache, segments, masks,
+                                             policy.attn_sparsity, prefix.get("kv"))
+                acts.put(k, layer.forward(x, w, _Context(positions, attend=attend)))
+            x = segments = attend = None  # nothing of this batch stays alive into the next
 
     def _decode_merged(self, job, step, j, layer, w, acts, cache, sparsity):
         """One decode step of decoder layer j over every batch of the block at once: the rows of all
