@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from ..units import format_size
-from .host_allocator import keep_freed_memory, return_freed_memory
 from .pinned import PinnedPool
 from .scratch import DEFAULT_PREFIX, SCRATCH_PREFIX, end_on_sigterm_like_ctrl_c, make_owned_dir, remove_orphans
 
@@ -174,7 +173,6 @@ class TierSet:
         self.offload_dir = offload_dir or make_owned_dir(DEFAULT_PREFIX)
         self.scratch_dir = make_owned_dir(SCRATCH_PREFIX, self.offload_dir)
         end_on_sigterm_like_ctrl_c()
-        keep_freed_memory()
         # also at interpreter exit: lm_eval and helm-run end without closing the model
         self._remove_files = weakref.finalize(self, shutil.rmtree, self.offload_dir if self._own_dir else self.scratch_dir,
                                               ignore_errors=True)
@@ -230,7 +228,6 @@ class TierSet:
         if self.pinned is not None:
             self.pinned.clear()
         self._remove_files()
-        return_freed_memory()
 
 
 class DiskArray:

@@ -31,8 +31,6 @@ from datetime import datetime, timezone
 import torch
 
 from flexgen_core import Policy
-from flexgen_core.memory.host_allocator import describe as describe_host_allocator
-from flexgen_core.memory.host_allocator import keep_freed_memory, return_freed_memory
 from flexgen_core.planning.machine import cpu_name
 from flexgen_core.units import format_size, parse_size
 
@@ -396,7 +394,6 @@ class Bench:
         cfg = self.cfg
         started = datetime.now(timezone.utc)
         self.load_start = load_avg()
-        keep_freed_memory()  # process-wide, as ours sets it: every system here runs with it, whichever comes first
         if cfg.cap_gpu and self.device.type == "cuda" and not cfg.dry_run:
             torch.cuda.set_per_process_memory_fraction(self._gpu_fraction(), self.device.index or 0)
         self.log(f"bench {self.spec.name}: prompt {cfg.prompt_len}, gen {cfg.gen_len}"
@@ -490,7 +487,6 @@ class Bench:
             "alternating": self.alternate, "baseline_disk_reads":
                 "cold: page cache dropped after each disk-resident module and before each run"
                 if cfg.cold_baseline_reads else "through the page cache",
-            "host_allocator": describe_host_allocator() + ", for every system",
             "ours_disk_reads": "read(2) then posix_fadvise DONTNEED on every read (flexgen_core.memory.tiers.DiskArray)",
             "hardware_profile": self.profile.to_dict() if self.profile else None,
             "plan": self.plan.to_dict() if self.plan else None,
@@ -645,6 +641,5 @@ def release_cached_memory():
     and OPT-30B pins ~50 GB of them."""
     gc.collect()
     torch.cuda.empty_cache()
-    return_freed_memory()
     if hasattr(torch._C, "_host_emptyCache"):
         torch._C._host_emptyCache()
