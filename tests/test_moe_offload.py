@@ -219,3 +219,29 @@ def test_padded_expert_rows_leave_bf16_outputs_unchanged(mixtral, monkeypatch):
     for (tokens, lps), (want, want_lps) in zip(*outs):
         assert tokens == want
         assert lps == pytest.approx(want_lps, abs=2e-2)
+
+
+def test_the_experts_a_router_asks_for_are_read_together_in_a_few_reads(mixtral, tmp_path, monkeypatch):
+    """4 prompt tokens route to ~5.5 of 8 experts a layer, read after the router: in EXPERT_READ_GROUPS
+    reads of several experts each, each read's pieces in flight together (one read per expert left the
+    disk waiting between experts), the second read while the first group computes."""
+    from flexgen_core.memory import weight_store
+
+    reads, read = [], ExpertLoads._read_many
+
+    def recording(self, experts):
+        reads.append((self.layer, list(experts)))
+        return read(self, experts)
+
+    monkeypatch.setattr(ExpertLoads, "_read_many", recording)
+    with LLM.from_pretrained(mixtral, policy=ON_DISK, offload_dir=str(tmp_path)) as llm:
+        llm.generate([[5, 6, 7, 8]], SamplingParams(max_new_tokens=1, ignore_eos=True))
+        layers = range(1, llm.spec.num_layers + 1)
+    groups, several = weight_store.EXPERT_READ_GROUPS, 0
+    for layer in layers:
+        sizes = [len(experts) for j, experts in reads if j == layer]
+        routed = sum(sizes)
+        size = -(-routed // groups)
+        assert sizes == [min(size, routed - i) for i in range(0, routed, size)]
+        several += routed > groups
+    assert several  # a layer where more experts waited for the router than there are reads

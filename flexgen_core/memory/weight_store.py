@@ -305,11 +305,28 @@ def place_experts(own_bytes: int, expert_bytes: list[int], percents) -> tuple[li
     return own, tiers
 
 
+# The experts a router asks for and the disk holds are read in this many groups, each group's reads in
+# flight together, the second group while the first computes: read one expert at a time, the disk
+# waited between experts (12.6 MB each in OLMoE-1B-7B, ~6 a layer in a batch-1 decode step; bf16, 71%
+# of the weights on disk, 2-core EPYC VM: 1.19 s a decode step one by one, 0.96 s in two groups).
+EXPERT_READ_GROUPS = 2
+
+
+class _OneOf:
+    """The i-th result of a pending read of several."""
+
+    def __init__(self, pending, i: int):
+        self.pending, self.i = pending, i
+
+    def result(self):
+        return self.pending.result()[self.i]
+
+
 class ExpertLoads:
     """The experts of one load of a layer: each read (and dequantized) once, when a batch is first
     routed to it, and kept for the block's other batches until the layer is released. Asked for
-    several, it queues every missing read at once and hands out those on the device first, so
-    reads overlap the other experts' compute."""
+    several, it queues every missing read at once (in EXPERT_READ_GROUPS reads) and hands out those
+    on the device first, so reads overlap the other experts' compute."""
 
     def __init__(self, store: WeightStore, j: int, queue: IOQueue | None):
         self.store, self.queue, self.layer = store, queue, j
@@ -324,7 +341,13 @@ class ExpertLoads:
             layout, buffer = self.units[e]
             self._hold(_working_bytes(layout, buffer))
             self._count(layout)
-            self.loaded[e] = self.queue.submit(self._read, e) if self.queue is not None else self._read(e)
+        size = max(1, -(-len(waiting) // EXPERT_READ_GROUPS))
+        for group in (waiting[i:i + size] for i in range(0, len(waiting), size)):
+            if self.queue is None:
+                self.loaded.update(zip(group, self._read_many(group)))
+                continue
+            read = self.queue.submit(self._read_many, group)
+            self.loaded.update((e, _OneOf(read, i)) for i, e in enumerate(group))
         for e in [e for e in experts if e not in waiting] + waiting:
             yield e, self._tensors(e)
 
