@@ -220,6 +220,10 @@ def test_tiny_run_writes_json_with_the_fields_and_a_plot(tiny_opt_dir, tmp_path,
     assert ours["peak_memory_bytes"]["disk_bytes_read_tiers"] > 0  # the runtime read its disk tier
     steps = [block for run in ours["run_details"] for block in run["step_seconds"]]
     assert [len(block) for block in steps] == [3] and all(s > 0 for s in steps[0])  # prefill + 2 decode steps
+    # ours' prefill is its run's first step, with no prefill-only run; the baselines' come from theirs
+    assert ours["prefill_from"] == "the run's own first step" and ours["prefill_seconds"] == []
+    assert ours["prefill_s"] == pytest.approx(steps[0][0])
+    assert rows["accelerate"]["prefill_from"] == "prefill-only runs" and len(rows["accelerate"]["prefill_seconds"]) == 1
     assert rows["accelerate"]["weights_percent"]["disk"] > 0
     assert rows["hf"]["batch"] == 1
     assert set(res["ratios"]) == {"flexgen_vs_accelerate", "flexgen_vs_hf"}
@@ -279,7 +283,7 @@ def test_warm_up_runs_a_decode_step(tiny_opt_dir, tmp_path, monkeypatch, on_cuda
                              disk="1GB", systems=("flexgen",), max_batch=4, repeat=1, hardware="cpu",
                              offload_dir=str(tmp_path / "off"), out=str(tmp_path / "w.json"), alternate=False)
     runner.Bench(cfg, log=lambda *_: None).run()
-    assert asked == ([4, 1, 4] if on_cuda else [2, 1, 4])  # warm-up, prefill, run
+    assert asked == ([4, 4] if on_cuda else [2, 4])  # warm-up, run: no prefill-only run (its own step times it)
 
 
 def test_systems_run_in_the_order_named(tiny_opt_dir, tmp_path):

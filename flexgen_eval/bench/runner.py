@@ -6,7 +6,8 @@ Measurement, per system at its batch b (see search.py for how b is chosen):
             time on an H200), not recorded; ours on CUDA generates the timed run's n tokens, because
             it keeps its page-locked host buffers by size and the run's cache is a few positions longer
   then `repeat` rounds of, for each system in turn,
-    prefill   a generate of 1 new token: P
+    prefill   a generate of 1 new token: P (skipped for a system that times its own steps, whose runs
+              give P as their first step)
     run       right after it, a generate of n = gen_len tokens (or cut_gen_len; decode is projected): T
 With alternation (default on a CPU) the systems take turns every round, so a slow spell of a shared
 machine hits all of them, and each run is paired with the prefill measured just before it. Per
@@ -365,6 +366,11 @@ class Bench:
                 r = sysm.run()
                 e.prefill_runs.append(r["prefill_latency"])
                 e.runs.append(r["prefill_latency"] + r["decode_latency"])
+            return
+        if phase == "prefill" and (getattr(sysm, "last_details", None) or {}).get("step_seconds"):
+            # it times its own steps, and its runs are charged the prefill they timed (see timing): a
+            # prefill-only run would repeat the whole block's prefill for nothing (256 OLMoE sequences
+            # on a 2-core CPU: 13 minutes)
             return
         warmup = n_run if sysm.warm_to_run_length else min(2, n_run)
         new_tokens = {"run": n_run, "warmup": warmup}.get(phase, 1)
