@@ -248,6 +248,10 @@ class WeightStore:
         each is counted when it is read.)"""
         return _working_bytes(self.layouts[j], self.buffers[j])
 
+    def layer_bytes(self, j: int) -> int:
+        """Bytes of layer j's weights, its experts included: the most a step of it reads."""
+        return self.layouts[j].nbytes + sum(layout.nbytes for _, layout, _ in self.experts[j])
+
     def resident(self, j: int) -> bool:
         """Whether a load of layer j is only views of device memory (nothing read or expanded)."""
         return self.working_bytes(j) == 0

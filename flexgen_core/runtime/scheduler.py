@@ -22,7 +22,7 @@ from typing import Protocol
 
 import torch
 
-from ..memory import key_groups
+from ..memory import host_heap, key_groups
 from ..memory.compression import QuantConfig
 from ..memory.io_queue import WRITES_IN_FLIGHT, IOQueue
 from ..memory.kv_cache import BlockCache, decode_over_segments, prompt_stored_and_seen
@@ -124,6 +124,8 @@ class Scheduler:
         # cache loads overlap the batch before's compute
         self.merge_decode = tiers.device.type == "cpu"
         self.step_seconds: list[float] = []  # host time of each token step of the last block run
+        # freed host memory that the next layer steps reuse stays with the process; more goes back
+        self.keep_free = max(host_heap.KEEP_RESIDENT_FREE, 2 * max(weights.layer_bytes(j) for j in range(len(layers))))
 
     def close(self):
         for queue in (self.weight_queue, self.read_queue, self.write_queue, self.expert_queue):
@@ -167,6 +169,7 @@ class Scheduler:
                         self._batch_by_batch(job, step, j, layer, w, acts, cache, masks, policy, prefix)
                     del w
                     self.weights.release(held.pop(0))
+                    host_heap.give_back(self.keep_free)  # freed memory piling up in malloc's heaps
                 self.step_seconds.append(time.perf_counter() - step_start)
             if pending_w is not None:
                 pending_w.result()
