@@ -193,3 +193,29 @@ def test_read_each_gives_what_read_gives_with_the_disk_reads_together(tmp_path, 
     assert all(torch.equal(g, v) for g, v in zip(got, values))
     assert tiers.stats.as_dict()["read"]["disk"] - before == 10000 + 7
     tiers.close()
+
+
+@pytest.mark.parametrize("index, rows", [(slice(0, 40), None), (slice(8, 48), slice(2, 5)), (None, slice(1, 4))])
+def test_large_writes_to_disk_rows_go_around_the_memory_map(tmp_path, monkeypatch, index, rows):
+    """A write of at least WRITE_AROUND_MIN bytes a row into part of a disk buffer (a prefill's cache
+    positions) is written with pwrite and dropped from the page cache, never through the memory map,
+    whose pages would stay in the process; a token's few bytes a row still go through the map."""
+    from flexgen_core.memory import tiers as tiers_module
+
+    monkeypatch.setattr(tiers_module, "WRITE_AROUND_MIN", 40 * 3 * 4)
+    tiers = TierSet(torch.device("cpu"), str(tmp_path))
+    value = torch.randn(6, 48, 3)
+    buf = TieredRows(tiers, value.shape, value.dtype, (0, 0, 100), "kv")
+    disk = buf.parts[0][3]
+    lo, hi = (0, 6) if rows is None else (rows.start, rows.stop)
+    positions = index or slice(None)
+    buf.write_part(0, value[:, positions], index, rows)
+    assert disk._map is None  # the file was never mapped
+    expected = torch.zeros_like(value)
+    expected[lo:hi, positions] = value[lo:hi, positions]
+    assert torch.equal(buf.read(), expected)
+    buf.write(value[:, 47:48] + 1, slice(47, 48))  # one position: through the map
+    assert disk._map is not None
+    expected[:, 47:48] = value[:, 47:48] + 1
+    assert torch.equal(buf.read(), expected)
+    tiers.close()
