@@ -257,8 +257,7 @@ class WeightStore:
         return self.working_bytes(j) == 0
 
     def nbytes(self) -> int:
-        return sum(layout.nbytes for layout in self.layouts) + sum(
-            layout.nbytes for experts in self.experts for _, layout, _ in experts)
+        return sum(self.layer_bytes(j) for j in range(len(self.layouts)))
 
     def expert_stats(self) -> dict:
         """Bytes of experts per tier, how many experts each tier holds (all layers), and how many were

@@ -370,7 +370,7 @@ class Bench:
         if phase == "prefill" and (getattr(sysm, "last_details", None) or {}).get("step_seconds"):
             # it times its own steps, and its runs are charged the prefill they timed (see timing): a
             # prefill-only run would repeat the whole block's prefill for nothing (256 OLMoE sequences
-            # on a 2-core CPU: 13 minutes)
+            # on a 2-core CPU: 9 minutes)
             return
         warmup = n_run if sysm.warm_to_run_length else min(2, n_run)
         new_tokens = {"run": n_run, "warmup": warmup}.get(phase, 1)
